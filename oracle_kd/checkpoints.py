@@ -1,0 +1,57 @@
+"""Loading model weights from checkpoints other tools wrote, safely and with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from oracle_kd.errors import CheckpointError
+
+WRAPPER_KEYS = ("model", "state_dict", "net")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state_dict from a file: accepts `{"model"|"state_dict"|"net": ...}` wrappers and strips
+    DataParallel's `module.` prefixes. Always `weights_only=True`: a checkpoint never runs code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"teacher checkpoint {str(path.resolve())!r} does not exist; "
+                              "give a state_dict file, or teacher.checkpoint=auto to use/train one in the store")
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds no state_dict (expected a dict of tensors, "
+                              f"or one under {'/'.join(WRAPPER_KEYS)})")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, arch: str) -> None:
+    """Load strictly, or raise one line that names what does not fit (keys, shapes, class count)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatch (checkpoint vs model): {'; '.join(shapes[:3])}"
+                         + (f" and {len(shapes) - 3} more" if len(shapes) > 3 else ""))
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"checkpoint {source} does not fit {arch} "
+                              f"({getattr(model, 'num_classes', '?')} classes): {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,109 @@
+"""The command line: Hydra composes, `main` dispatches on `task`, and every user error is one line.
+
+Hydra is asked to let exceptions through (HYDRA_FULL_ERROR) so that its composition errors (an unknown
+group option, an unknown key, a value of the wrong type) and ours (`OracleKDError`) reach
+`one_line_error`, which prints a single line naming the key and the allowed values, and exits 2.
+Set ORACLE_KD_TRACEBACK=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from oracle_kd.config import CONF_DIR, group_options, validate
+from oracle_kd.errors import OracleKDError
+
+log = logging.getLogger("oracle_kd")
+GROUPS = ("dataset", "teacher", "student", "method", "train", "hardware")
+
+
+def task_main(cfg: DictConfig) -> Any:
+    """Run one composed config (one job of a multirun)."""
+    rc = validate(cfg)
+    if rc.task == "tables":
+        from oracle_kd.tables import tables
+
+        return tables(rc.store, rc.results_dir)
+    from oracle_kd.train import run
+
+    return run(rc)
+
+
+def _flat(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def one_line_error(exc: BaseException) -> str:
+    """Turn a Hydra/OmegaConf/oracle-kd error into one line that says what to change."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, OracleKDError):
+        return _flat(exc)
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, option = str(exc.missing_cfg_file).rpartition("/")
+        if group in GROUPS:
+            return f"unknown {group} {option!r}; choose one of: {', '.join(group_options(group))}"
+        return f"config {exc.missing_cfg_file!r} not found under {CONF_DIR}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override {exc.override!r}: {_flat(exc.message)}"
+    cause = exc if isinstance(exc, OmegaConfBaseException) else exc.__cause__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        parent = cause.parent_node
+        allowed = sorted(k for k in parent.keys() if k != "defaults") if isinstance(parent, DictConfig) else []
+        where = cause.full_key.rpartition(".")[0] or "the top level"
+        return (f"unknown key {cause.full_key!r}; {where} accepts: {', '.join(map(str, allowed))}" if allowed
+                else f"unknown key {cause.full_key!r}")
+    if isinstance(cause, ValidationError) and cause.full_key:
+        node = type(cause.child_node).__name__ if cause.child_node is not None else ""
+        expected = node.removesuffix("Node").lower() if node.endswith("Node") and node != "AnyNode" else None
+        return f"{cause.full_key}={cause.value!r}: wrong type" + (f", expected {expected}" if expected
+                                                                 else f" ({_flat(cause.msg)})")
+    first = _flat(exc).split(" Set the environment")[0]
+    return f"{first} (set ORACLE_KD_TRACEBACK=1 for the traceback)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of run.py; `argv` defaults to sys.argv[1:]. Returns the exit code."""
+    import hydra
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+    def _app(cfg: DictConfig) -> Any:
+        try:
+            return task_main(cfg)
+        except OracleKDError as exc:  # report here: Hydra would add its own "Error executing job" line
+            raise SystemExit(_report(exc)) from None
+
+    try:
+        _app()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except (OracleKDError, OmegaConfBaseException) as exc:
+        return _report(exc)
+    except Exception as exc:
+        from hydra.errors import HydraException
+
+        if not isinstance(exc, HydraException):
+            raise
+        return _report(exc)
+    finally:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def _report(exc: BaseException) -> int:
+    if os.environ.get("ORACLE_KD_TRACEBACK"):
+        raise exc
+    print(f"error: {one_line_error(exc)}", file=sys.stderr, flush=True)
+    return 2

@@ -1,0 +1,198 @@
+"""Structured configs (the schema of conf/) and their validation.
+
+Hydra composes `conf/`; every group is backed by a dataclass registered here, so an unknown key or a
+value of the wrong type fails at composition. `validate` then checks ranges and names (architectures,
+datasets, presets) and turns the composed DictConfig into typed objects the rest of the code uses.
+All failures are `ConfigError`s with one line that names the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from oracle_kd.errors import ConfigError
+from oracle_kd.methods import MethodConfig, available_methods, method_entry
+from oracle_kd.methods.base import _require
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+TASKS = ("train", "tables")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class DatasetConfig:
+    """Which data and the train-time augmentation. `root` is where on-disk datasets live (not identity)."""
+
+    name: str = "digits"
+    root: str = "data"
+    crop_pad: int = 4
+    flip: bool = True
+    test_fraction: float = 0.25  # digits only: the fixed held-out share
+
+
+@dataclass
+class TeacherConfig:
+    """checkpoint: `auto` (the finished `ce` run of this arch/dataset/seed in the store, trained first if
+    missing) or a path to a state_dict. train: the `train/` preset an auto teacher is trained with
+    (`same` = the student's)."""
+
+    arch: str = "resnet56"
+    checkpoint: str = "auto"
+    train: str = "same"
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "resnet20"
+
+
+@dataclass
+class TrainConfig:
+    """SGD with momentum and a multi-step learning-rate schedule (REFERENCE §2)."""
+
+    epochs: int = 240
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 2.5e-4
+    nesterov: bool = False
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    lr_decay: float = 0.1
+    drop_last: bool = False
+
+
+@dataclass
+class HardwareConfig:
+    """Speed switches; none of them is part of a run's identity. CPU defaults are plain fp32."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    cudnn_benchmark: bool = False
+    threads: Optional[int] = None
+
+
+@dataclass
+class BaseConfig:
+    """Top level. `store` holds run records; `stop_after_epoch` ends a launch early without finishing the
+    run (for time-limited jobs: relaunch to resume)."""
+
+    defaults: list[Any] = field(default_factory=list)
+    task: str = "train"
+    seed: int = 0
+    store: str = "runs"
+    results_dir: str = "results"
+    progress: bool = True
+    stop_after_epoch: Optional[int] = None
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+
+@dataclass
+class RunConfig:
+    """The validated, typed view of one composed config."""
+
+    dataset: DatasetConfig
+    teacher: TeacherConfig
+    student: StudentConfig
+    method: MethodConfig
+    train: TrainConfig
+    hardware: HardwareConfig
+    seed: int = 0
+    store: str = "runs"
+    results_dir: str = "results"
+    progress: bool = True
+    stop_after_epoch: Optional[int] = None
+    task: str = "train"
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=BaseConfig)
+    for name in available_methods():
+        _, cfg_cls = method_entry(name)
+        cs.store(group="method", name=f"_{name}_schema", node=cfg_cls)
+
+
+register_configs()
+
+
+def group_options(group: str) -> list[str]:
+    """The yaml presets available for a config group (what `group=<option>` accepts)."""
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def load_train_preset(name: str) -> TrainConfig:
+    """A `train/` preset as a TrainConfig (used for auto teachers trained with their own recipe)."""
+    options = group_options("train")
+    if name not in options:
+        raise ConfigError(f"teacher.train={name!r} is not a train preset; choose one of: same, {', '.join(options)}")
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(CONF_DIR / "train" / f"{name}.yaml"))
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def _choice(key: str, value: Any, allowed: list[str] | tuple[str, ...]) -> None:
+    _require(value in allowed, key, value, f"is not one of: {', '.join(allowed)}")
+
+
+def validate_train(t: TrainConfig, prefix: str = "train") -> None:
+    _require(t.epochs >= 1, f"{prefix}.epochs", t.epochs, "must be >= 1")
+    _require(t.batch_size >= 1, f"{prefix}.batch_size", t.batch_size, "must be >= 1")
+    _require(t.eval_batch_size >= 1, f"{prefix}.eval_batch_size", t.eval_batch_size, "must be >= 1")
+    _require(t.lr > 0, f"{prefix}.lr", t.lr, "must be > 0")
+    _require(0 <= t.momentum < 1, f"{prefix}.momentum", t.momentum, "must be in [0, 1)")
+    _require(t.weight_decay >= 0, f"{prefix}.weight_decay", t.weight_decay, "must be >= 0")
+    _require(0 < t.lr_decay <= 1, f"{prefix}.lr_decay", t.lr_decay, "must be in (0, 1]")
+    _require(all(m >= 1 for m in t.milestones), f"{prefix}.milestones", t.milestones, "must be epochs >= 1")
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Check a composed config and return its typed form; raises ConfigError (one line)."""
+    from oracle_kd.data import available_datasets
+    from oracle_kd.models import available_models
+
+    if cfg.get("method") is None or "name" not in cfg.method:
+        raise ConfigError(f"no method selected; add method=<one of: {', '.join(available_methods())}>")
+    _choice("method", cfg.method.name, available_methods())
+    _, method_cls = method_entry(cfg.method.name)
+    try:
+        method = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(method_cls), cfg.method))
+    except Exception as exc:  # a key of another method, or a bad type
+        raise ConfigError(f"method {cfg.method.name!r}: {' '.join(str(exc).split())}") from None
+    method.validate()
+
+    rc = RunConfig(
+        dataset=OmegaConf.to_object(cfg.dataset), teacher=OmegaConf.to_object(cfg.teacher),
+        student=OmegaConf.to_object(cfg.student), method=method, train=OmegaConf.to_object(cfg.train),
+        hardware=OmegaConf.to_object(cfg.hardware), seed=cfg.seed, store=cfg.store, results_dir=cfg.results_dir,
+        progress=cfg.progress, stop_after_epoch=cfg.stop_after_epoch, task=cfg.task,
+    )
+    _choice("task", rc.task, TASKS)
+    _choice("dataset.name", rc.dataset.name, available_datasets())
+    _require(rc.dataset.crop_pad >= 0, "dataset.crop_pad", rc.dataset.crop_pad, "must be >= 0")
+    _require(0 < rc.dataset.test_fraction < 1, "dataset.test_fraction", rc.dataset.test_fraction, "must be in (0, 1)")
+    _choice("student.arch", rc.student.arch, available_models())
+    _choice("teacher.arch", rc.teacher.arch, available_models())
+    if rc.teacher.train != "same":
+        load_train_preset(rc.teacher.train)
+    validate_train(rc.train)
+    _choice("hardware.device", rc.hardware.device, DEVICES)
+    _choice("hardware.precision", rc.hardware.precision, PRECISIONS)
+    _require(rc.hardware.threads is None or rc.hardware.threads >= 1, "hardware.threads", rc.hardware.threads,
+             "must be >= 1 or null")
+    _require(rc.stop_after_epoch is None or rc.stop_after_epoch >= 1, "stop_after_epoch", rc.stop_after_epoch,
+             "must be >= 1 or null")
+    return rc

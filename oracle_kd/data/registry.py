@@ -1,0 +1,33 @@
+"""Dataset name -> loader; the config validator lists `available_datasets()` in its error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from oracle_kd.errors import ConfigError
+from oracle_kd.data.cifar import load_cifar10, load_cifar100
+from oracle_kd.data.digits import load_digits_bundle
+from oracle_kd.data.types import DataBundle
+
+Loader = Callable[..., DataBundle]  # (root, *, seed, test_fraction) -> DataBundle
+
+_LOADERS: dict[str, Loader] = {
+    "digits": load_digits_bundle,
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+}
+
+
+def available_datasets() -> list[str]:
+    return sorted(_LOADERS)
+
+
+def load_dataset(name: str, root: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -> DataBundle:
+    """Load a dataset's train/test splits to CPU uint8 tensors.
+
+    Raises ConfigError for an unknown name, DatasetError (one line) for missing/malformed/unsafe files.
+    """
+    if name not in _LOADERS:
+        raise ConfigError(f"dataset.name={name!r}: unknown; choose one of: {', '.join(available_datasets())}")
+    return _LOADERS[name](root, seed=seed, test_fraction=test_fraction)

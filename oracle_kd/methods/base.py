@@ -1,0 +1,88 @@
+"""The one interface every distillation method implements.
+
+A `Distiller` owns the student, the frozen teacher and any learnable extras of its method (a FitNet
+regressor, SAD's attention). The runner only ever calls `forward_train`, `trainable_parameters` and
+`trainable_state_dict`, so adding a method never touches the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oracle_kd.errors import ConfigError
+
+
+@dataclass
+class MethodConfig:
+    """Options every method has. `name` selects the method; `ce_weight` scales CE(student(x), y)."""
+
+    name: str = "ce"
+    ce_weight: float = 1.0
+
+    def validate(self) -> None:
+        """Raise ConfigError (one line) for values no method can use."""
+        _require(self.ce_weight >= 0, "method.ce_weight", self.ce_weight, "must be >= 0")
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} {rule}")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put a teacher in eval mode with no parameter needing a gradient: it is never trained."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher + the method's own learnable extras.
+
+    `forward_train(x, y, epoch)` returns the student's logits and a dict of named loss terms whose sum
+    is the training loss; naming the terms lets the runner log each one.
+    """
+
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: MethodConfig) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = freeze(teacher) if teacher is not None else None
+        self.cfg = cfg
+
+    def train(self, mode: bool = True) -> "Distiller":
+        """Train the student and extras; the teacher stays in eval mode (its BN statistics are fixed)."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Student and extras: everything except the teacher, which never enters the optimizer."""
+        for name, p in self.named_parameters():
+            if not name.startswith("teacher."):
+                yield p
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must hold to resume: student and extras, never the (fixed) teacher."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not fit this method: missing {missing}, unexpected {unexpected}")
+
+    def ce_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """ce_weight · CE(student(x), y), computed in fp32 even under autocast."""
+        return self.cfg.ce_weight * F.cross_entropy(logits.float(), y)
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError  # abstract: each method file implements it

@@ -1,0 +1,26 @@
+"""Plain cross-entropy training: how teachers and scratch baselines are made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.registry import register_method
+
+
+@dataclass
+class CEConfig(MethodConfig):
+    name: str = "ce"
+
+
+@register_method("ce", CEConfig)
+class CrossEntropy(Distiller):
+    """No teacher: L = ce_weight · CE(s(x), y)."""
+
+    needs_teacher = False
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, _ = self.student(x)
+        return logits, {"ce": self.ce_loss(logits, y)}

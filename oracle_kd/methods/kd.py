@@ -1,0 +1,46 @@
+"""Hinton knowledge distillation (Hinton, Vinyals, Dean 2015)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oracle_kd.methods.base import Distiller, MethodConfig, _require
+from oracle_kd.methods.losses import kd_loss
+from oracle_kd.methods.registry import register_method
+
+
+@dataclass
+class KDConfig(MethodConfig):
+    """L = ce_weight·CE(s(x), y) + alpha·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)); τ = 4 as in REFERENCE §4."""
+
+    name: str = "kd"
+    alpha: float = 1.0
+    temperature: float = 4.0
+
+    def validate(self) -> None:
+        super().validate()
+        _require(self.alpha >= 0, "method.alpha", self.alpha, "must be >= 0")
+        _require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
+
+
+@register_method("kd", KDConfig)
+class KD(Distiller):
+    """Response distillation from the teacher's logits on `teacher_input(x, y)` (plain x here)."""
+
+    cfg: KDConfig
+
+    def teacher_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the teacher sees. Hinton KD: the student's own input. Oracle KD overrides this."""
+        return x
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_teacher = self.teacher_input(x, y)
+        with torch.no_grad():
+            t_logits, _ = self.teacher(x_teacher)
+        s_logits, _ = self.student(x)
+        return s_logits, {
+            "ce": self.ce_loss(s_logits, y),
+            "kd": self.cfg.alpha * kd_loss(s_logits, t_logits, self.cfg.temperature),
+        }

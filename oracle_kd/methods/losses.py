@@ -1,0 +1,19 @@
+"""Loss functions shared by several methods (each written once, tested against hand computations)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term τ²·KL(softmax(t/τ) ‖ softmax(s/τ)).
+
+    KL summed over classes and averaged over the batch (REFERENCE §4); τ² keeps the gradient scale
+    independent of τ. Computed in fp32 because log-probabilities lose too much in bf16.
+    """
+    t = float(temperature)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
+    return kl * (t * t)

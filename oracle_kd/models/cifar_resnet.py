@@ -1,0 +1,108 @@
+"""CIFAR ResNets (He et al. 2016, section 4.2): basic blocks, depth 6n+2, three stages.
+
+Module names follow the released checkpoints (``conv1``, ``bn1``, ``layer{1,2,3}.{i}``, ``fc``,
+``downsample.{0,1}``) so they load with ``strict=True``. The wide ``x4`` variants follow
+RepDistiller/mdistiller (stem 32, stages 64-128-256), the usual KD teachers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oracle_kd.models.features import Features
+from oracle_kd.models.registry import register_model
+
+
+def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs plus a shortcut; a 1x1 projection only where the shape changes (option B)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Out-of-place ops throughout: block outputs are handed to distillation losses via Features.
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images; adaptive pooling makes it work for any input of at least 8 px."""
+
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int,
+        in_channels: int = 3,
+        widths: tuple[int, int, int, int] = (16, 16, 32, 64),
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+        n = (depth - 2) // 6
+        stem, *stage_widths = widths
+        self.num_classes = num_classes
+        self.stage_channels: list[int] = list(widths)
+
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        in_planes = stem
+        layers = []
+        for planes, stride in zip(stage_widths, (1, 2, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(in_planes, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
+        """Return logits and the intermediate features that distillation methods consume."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        stages, blocks = [out], []
+        for layer in (self.layer1, self.layer2, self.layer3):
+            for block in layer:
+                out = block(out)
+                blocks.append(out)
+            stages.append(out)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return self.fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+
+
+def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
+    @register_model(name)
+    def _factory(num_classes: int, in_channels: int) -> CifarResNet:
+        return CifarResNet(depth, num_classes, in_channels, widths)
+
+    _factory.__name__ = name
+    _factory.__doc__ = f"CIFAR {name}: depth {depth}, widths {widths}."
+
+
+for _depth in (8, 14, 20, 32, 44, 56, 110):
+    _register(f"resnet{_depth}", _depth, (16, 16, 32, 64))
+for _depth in (8, 32):
+    _register(f"resnet{_depth}x4", _depth, (32, 64, 128, 256))

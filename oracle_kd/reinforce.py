@@ -1,0 +1,39 @@
+"""Step A of Oracle KD: the relevance-reinforced input x*.
+
+    x* = x − γ · |x| ⊙ ∂CE(teacher(x), y)/∂x
+
+One implementation, shared by the oracle method, the oracle-teacher analysis and the γ tuner.
+Only the input gradient is computed (`torch.autograd.grad` w.r.t. x with a frozen teacher), which
+skips the parameter-gradient work the released code did through `loss.backward()`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REDUCTIONS = ("mean", "sum")
+
+
+def reinforce(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: float,
+              reduction: str = "mean", rec_num: int = 1) -> torch.Tensor:
+    """Return x* (detached) for a teacher in eval mode.
+
+    reduction="mean" (the released code) differentiates the batch-mean CE, so each sample moves by
+    γ/B; "sum" differentiates the per-sample sum, which makes γ independent of the batch size.
+    rec_num > 1 repeats the step from the previous, detached x*.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if gamma == 0:
+        return x.detach()
+    x_cur = x.detach()
+    for _ in range(rec_num):
+        x_in = x_cur.requires_grad_(True)
+        with torch.enable_grad():
+            logits, _ = teacher(x_in)
+            loss = F.cross_entropy(logits.float(), y, reduction=reduction)
+            (grad,) = torch.autograd.grad(loss, x_in)
+        x_cur = (x_in - gamma * x_in.abs() * grad).detach()
+    return x_cur
