@@ -54,7 +54,8 @@ class StudentConfig:
 
 @dataclass
 class TrainConfig:
-    """SGD with momentum and a multi-step learning-rate schedule (REFERENCE §2)."""
+    """SGD with momentum and a multi-step learning-rate schedule (REFERENCE §2), with an optional linear
+    warm-up (the paper's recipe has none; He et al. warm up ResNet110, and very deep nets on tiny data need it)."""
 
     epochs: int = 240
     batch_size: int = 64
@@ -65,6 +66,7 @@ class TrainConfig:
     nesterov: bool = False
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
     lr_decay: float = 0.1
+    warmup_epochs: int = 0
     drop_last: bool = False
 
 
@@ -156,6 +158,7 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     _require(0 <= t.momentum < 1, f"{prefix}.momentum", t.momentum, "must be in [0, 1)")
     _require(t.weight_decay >= 0, f"{prefix}.weight_decay", t.weight_decay, "must be >= 0")
     _require(0 < t.lr_decay <= 1, f"{prefix}.lr_decay", t.lr_decay, "must be in (0, 1]")
+    _require(t.warmup_epochs >= 0, f"{prefix}.warmup_epochs", t.warmup_epochs, "must be >= 0")
     _require(all(m >= 1 for m in t.milestones), f"{prefix}.milestones", t.milestones, "must be epochs >= 1")
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from oracle_kd import records
 from oracle_kd.checkpoints import load_weights, read_state_dict
-from oracle_kd.config import RunConfig, StudentConfig, load_train_preset
+from oracle_kd.config import RunConfig, StudentConfig, TrainConfig, load_train_preset
 from oracle_kd.data import BatchLoader, DataBundle, load_dataset
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import build_distiller, method_entry
@@ -144,6 +144,16 @@ def evaluate(model: nn.Module, loader: BatchLoader, amp: contextlib.AbstractCont
     return {"top1": 100.0 * c1.item() / n, "top5": 100.0 * c5.item() / n, "loss": loss.item() / n}
 
 
+def lr_at(t: TrainConfig, epoch: int, progress: float = 1.0) -> float:
+    """The learning rate at `progress` ∈ (0, 1] through (1-based) `epoch`: a linear per-step warm-up over
+    the first `warmup_epochs`, then ×lr_decay after each milestone (MultiStepLR's convention: milestone m
+    lowers the rate from epoch m+1 on). A pure function of the position in training, so resuming needs no
+    scheduler state beyond the epoch number."""
+    if epoch <= t.warmup_epochs:
+        return t.lr * (epoch - 1 + progress) / t.warmup_epochs
+    return t.lr * t.lr_decay ** sum(1 for m in t.milestones if m < epoch)
+
+
 def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -197,7 +207,6 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
     t = rc.train
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(t.milestones), gamma=t.lr_decay)
     loader_kw = dict(mean=data.mean, std=data.std, device=device, channels_last=rc.hardware.channels_last)
     train_loader = BatchLoader(data.train, batch_size=t.batch_size, train=True, pad=rc.dataset.crop_pad,
                                flip=rc.dataset.flip, seed=rc.seed, drop_last=t.drop_last, **loader_kw)
@@ -215,7 +224,6 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
         distiller.load_trainable_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"])
         state = ckpt["state"]
         rows = [r for r in records.read_metrics(folder / records.METRICS) if r["epoch"] <= state["epoch"]]
@@ -234,11 +242,18 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
     last_eval: dict[str, float] = {}
     for epoch in range(state["epoch"] + 1, t.epochs + 1):
         epoch_start = time.perf_counter()
+        lr = lr_at(t, epoch)
+        warming = epoch <= t.warmup_epochs
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         distiller.train()
         sums: dict[str, torch.Tensor] = {}
         correct = torch.zeros((), device=device)
         seen = 0
-        for x, y in train_loader.epoch(epoch):
+        for step, (x, y) in enumerate(train_loader.epoch(epoch)):
+            if warming:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(t, epoch, (step + 1) / steps)
             with amp:
                 logits, losses = distiller.forward_train(x, y, epoch)
             loss = sum(losses.values())
@@ -253,8 +268,6 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
                 correct += (logits.argmax(dim=1) == y).sum()
             seen += y.numel()
             bar.update(1)
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
         train_metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
         train_metrics["train_top1"] = 100.0 * correct.item() / seen
         train_time = time.perf_counter() - epoch_start
@@ -269,7 +282,7 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
                "test_top5": last_eval["top5"], "test_loss": last_eval["loss"], "epoch_time_s": train_time}
         records.append_metrics(folder / records.METRICS, row)
         records.atomic_torch_save(ckpt_path, {"model": distiller.trainable_state_dict(), "optimizer": optimizer.state_dict(),
-                                              "scheduler": scheduler.state_dict(), "rng": _rng_state(), "state": state})
+                                              "schedule": {"epoch": epoch, "lr": lr}, "rng": _rng_state(), "state": state})
         bar.set_postfix(loss=f"{train_metrics['train_loss']:.3f}", test=f"{last_eval['top1']:.2f}",
                         best=f"{state['best_top1']:.2f}", refresh=False)
         if rc.stop_after_epoch is not None and epoch >= rc.stop_after_epoch and epoch < t.epochs:
