@@ -32,7 +32,7 @@ def test_oracle_run_trains_teacher_then_student_and_writes_records(tmp_path):
         assert (folder / name).exists(), name
     rows = [json.loads(l) for l in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert rows[0]["lr"] == 0.05 and abs(rows[2]["lr"] - 0.005) < 1e-12  # x0.1 after milestone 2
+    assert rows[0]["lr"] == 0.005 and abs(rows[2]["lr"] - 0.0005) < 1e-12  # x0.1 after milestone 2
     assert {"train_ce", "train_kd", "train_loss", "test_top1", "test_top5", "test_loss"} <= set(rows[0])
     assert student["best_top1"] == max(r["test_top1"] for r in rows)
     assert student["last_top1"] == rows[-1]["test_top1"]
