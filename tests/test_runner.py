@@ -94,3 +94,14 @@ def test_tables_task_prints_a_row_per_method(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ce" in out and "kd" in out and "best top-1" in out
     assert (tmp_path / "results" / "runs.csv").exists()
+
+
+def test_fast_path_switches_run_on_cpu(tmp_path):
+    """bf16 autocast + channels_last (the GPU fast path) also work on the CPU and give finite losses."""
+    store = tmp_path / "runs"
+    launch(store, "method=oracle", "train.epochs=1", "hardware.precision=bf16", "hardware.channels_last=true",
+           "hardware.threads=2")
+    (student,) = [r for r in results(store).values() if r["method"] == "oracle"]
+    rows = [json.loads(l) for l in (Path(student["folder"]) / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train_loss"] == r["train_loss"] and r["train_loss"] < 100 for r in rows)  # not NaN, not inf
+    assert student["config"]["hardware"]["precision"] == "bf16"

@@ -41,7 +41,7 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"model": Evil()}, f)
+        pickle.dump({"model": Evil()}, f, protocol=2)
     with pytest.raises(CheckpointError, match="weights_only=True"):
         read_state_dict(path)
     assert not marker.exists()

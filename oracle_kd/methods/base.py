@@ -7,6 +7,7 @@ regressor, SAD's attention). The runner only ever calls `forward_train`, `traina
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
@@ -42,7 +43,7 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-class Distiller(nn.Module):
+class Distiller(nn.Module, metaclass=abc.ABCMeta):
     """Student + frozen teacher + the method's own learnable extras.
 
     `forward_train(x, y, epoch)` returns the student's logits and a dict of named loss terms whose sum
@@ -84,5 +85,6 @@ class Distiller(nn.Module):
         """ce_weight · CE(student(x), y), computed in fp32 even under autocast."""
         return self.cfg.ce_weight * F.cross_entropy(logits.float(), y)
 
+    @abc.abstractmethod
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError  # abstract: each method file implements it
+        """One training step's forward: (student logits, {loss name: scalar tensor}), losses in fp32."""
