@@ -203,7 +203,8 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
 
     seed_everything(rc.seed)
     student = prepare_model(build_model(rc.student.arch, data.num_classes, data.in_channels), device, rc)
-    distiller = build_distiller(rc.method, student, teacher).to(device)
+    input_shape = (data.in_channels, data.image_size, data.image_size)
+    distiller = build_distiller(rc.method, student, teacher, input_shape).to(device)
     t = rc.train
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov)
@@ -300,7 +301,7 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
         "teacher": teacher_info["arch"] if teacher_info else None, "seed": rc.seed,
         "best_top1": state["best_top1"], "best_top5": state["best_top5"], "best_epoch": state["best_epoch"],
         "last_top1": last_eval["top1"], "last_top5": last_eval["top5"], "last_test_loss": last_eval["loss"],
-        "epochs": t.epochs, "wall_time_s": state["wall_time_s"],
+        "epochs": t.epochs, "wall_time_s": state["wall_time_s"], "extra_params": distiller.extra_parameter_count(),
         "train_images_per_s": state["train_images"] / max(state["train_time_s"], 1e-9),
         "teacher_info": teacher_info, "semantic": semantic, "config": full_config,
         "device": str(device), "torch_version": torch.__version__,

@@ -1,12 +1,20 @@
 """Distillation methods, one file each, behind the `Distiller` interface.
 
-Importing this package registers every method.
+Importing this package imports every method module in it, which registers the method (and its config
+schema); a new method is one new file here plus one yaml in conf/method/.
 """
 
-from oracle_kd.methods import ce, kd, oracle  # noqa: F401  (registration side effect)
-from oracle_kd.methods.base import Distiller, MethodConfig, freeze
+import importlib
+import pkgutil
+
+from oracle_kd.methods.base import Distiller, MethodConfig, freeze, probe_features
 from oracle_kd.methods.losses import kd_loss
 from oracle_kd.methods.registry import available_methods, build_distiller, method_entry, register_method
 
-__all__ = ["Distiller", "MethodConfig", "freeze", "kd_loss", "available_methods", "build_distiller",
-           "method_entry", "register_method"]
+_INFRASTRUCTURE = {"base", "losses", "registry"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["Distiller", "MethodConfig", "freeze", "probe_features", "kd_loss", "available_methods",
+           "build_distiller", "method_entry", "register_method"]

@@ -43,17 +43,33 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+@torch.no_grad()
+def probe_features(model: nn.Module, input_shape: tuple[int, ...], batch: int = 2) -> tuple[torch.Tensor, Any]:
+    """One forward pass to learn feature shapes, in eval mode under no_grad so that no BatchNorm running
+    statistic moves (a probe in train mode would perturb a teacher's statistics). Restores the mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        return model(torch.randn(batch, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+
+
 class Distiller(nn.Module, metaclass=abc.ABCMeta):
     """Student + frozen teacher + the method's own learnable extras.
 
     `forward_train(x, y, epoch)` returns the student's logits and a dict of named loss terms whose sum
-    is the training loss; naming the terms lets the runner log each one.
+    is the training loss; naming the terms lets the runner log each one. `input_shape` (C, H, W) is
+    given to methods whose extras depend on feature shapes (build them with `probe_features`).
     """
 
     needs_teacher: ClassVar[bool] = True
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: MethodConfig) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: MethodConfig,
+                 input_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
+        self.input_shape = input_shape
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
         self.cfg = cfg
@@ -70,6 +86,11 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
         for name, p in self.named_parameters():
             if not name.startswith("teacher."):
                 yield p
+
+    def extra_parameter_count(self) -> int:
+        """Parameters the method trains besides the student (FitNet regressor, SAD attention, ...)."""
+        student = {id(p) for p in self.student.parameters()}
+        return sum(p.numel() for p in self.trainable_parameters() if id(p) not in student)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold to resume: student and extras, never the (fixed) teacher."""

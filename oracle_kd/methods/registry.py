@@ -30,8 +30,11 @@ def method_entry(name: str) -> tuple[type[Distiller], type[MethodConfig]]:
     return _METHODS[name]
 
 
-def build_distiller(cfg: MethodConfig, student: nn.Module, teacher: nn.Module | None) -> Distiller:
+def build_distiller(cfg: MethodConfig, student: nn.Module, teacher: nn.Module | None,
+                    input_shape: tuple[int, ...] | None = None) -> Distiller:
+    """The method's Distiller. Build it after the models are on their device: extras built from a shape
+    probe are created on the student's device."""
     cls, _ = method_entry(cfg.name)
     if cls.needs_teacher and teacher is None:
         raise ConfigError(f"method {cfg.name!r} needs a teacher")
-    return cls(student, teacher if cls.needs_teacher else None, cfg)
+    return cls(student, teacher if cls.needs_teacher else None, cfg, input_shape)
