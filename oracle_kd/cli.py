@@ -29,10 +29,18 @@ def task_main(cfg: DictConfig) -> Any:
     if rc.task == "tables":
         from oracle_kd.tables import tables
 
-        return tables(rc.store, rc.results_dir)
-    from oracle_kd.train import run
+        return tables([rc.store, *rc.tables.roots], rc.results_dir, rc.tables.metric)
+    if rc.task == "analyze":
+        from oracle_kd.analysis import analyze
 
-    return run(rc)
+        return analyze(rc)
+    if rc.task == "tune":
+        from oracle_kd.tune import tune
+
+        return tune(rc)
+    from oracle_kd.train import plan, run
+
+    return plan(rc) if rc.task == "plan" else run(rc)
 
 
 def _flat(text: str) -> str:

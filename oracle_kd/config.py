@@ -20,7 +20,7 @@ from oracle_kd.methods import MethodConfig, available_methods, method_entry
 from oracle_kd.methods.base import _require
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-TASKS = ("train", "tables")
+TASKS = ("train", "plan", "tables", "analyze", "tune")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
@@ -83,6 +83,56 @@ class HardwareConfig:
 
 
 @dataclass
+class AnalyzeConfig:
+    """task=analyze: the oracle teacher teacher(x*(γ)) over a γ grid (REFERENCE §5, Tables 1-3, Fig. 3-4).
+
+    `batch_size` is the x* batch size: with gamma_reduction=mean each sample moves by γ/B, so it is
+    recorded with every row. `representation` is what the silhouette score is computed on (logits,
+    softmax, or the 2-D t-SNE embedding of the logits as the released notebook did)."""
+
+    gammas: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.5, 1.0, 2.0])
+    split: str = "test"
+    batch_size: int = 64
+    gamma_reduction: str = "mean"
+    temperature: float = 1.0
+    ece_bins: int = 15
+    representation: str = "logits"
+    silhouette_samples: int = 2000
+    tsne_plots: bool = True
+    tsne_samples: int = 2000
+
+
+@dataclass
+class TuneConfig:
+    """task=tune: an Optuna study of γ maximising the oracle teacher's silhouette score (or, expensive,
+    a short distillation's student accuracy). storage: an Optuna URL (default: SQLite under the store);
+    journal: a JournalFileStorage path for shared filesystems (wins over storage when set)."""
+
+    n_trials: int = 20
+    gamma_low: float = 0.01
+    gamma_high: float = 4.0
+    log_scale: bool = True
+    objective: str = "silhouette"
+    labels: str = "fine"
+    representation: str = "logits"
+    sampler: str = "tpe"
+    storage: Optional[str] = None
+    journal: Optional[str] = None
+    study_name: Optional[str] = None
+    worker: int = 0
+    student_epochs: int = 5
+
+
+@dataclass
+class TablesConfig:
+    """task=tables: which accuracy the tables show (best epoch, as the paper, or last epoch) and extra
+    folders of run records to read besides the store."""
+
+    metric: str = "best"
+    roots: list[str] = field(default_factory=list)
+
+
+@dataclass
 class BaseConfig:
     """Top level. `store` holds run records; `stop_after_epoch` ends a launch early without finishing the
     run (for time-limited jobs: relaunch to resume)."""
@@ -100,6 +150,9 @@ class BaseConfig:
     method: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 @dataclass
@@ -118,6 +171,9 @@ class RunConfig:
     progress: bool = True
     stop_after_epoch: Optional[int] = None
     task: str = "train"
+    tables: TablesConfig = field(default_factory=TablesConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def register_configs() -> None:
@@ -176,13 +232,17 @@ def validate(cfg: DictConfig) -> RunConfig:
     except Exception as exc:  # a key of another method, or a bad type
         raise ConfigError(f"method {cfg.method.name!r}: {' '.join(str(exc).split())}") from None
     method.validate()
+    method = method.for_teacher(cfg.teacher.arch)
 
     rc = RunConfig(
         dataset=OmegaConf.to_object(cfg.dataset), teacher=OmegaConf.to_object(cfg.teacher),
         student=OmegaConf.to_object(cfg.student), method=method, train=OmegaConf.to_object(cfg.train),
         hardware=OmegaConf.to_object(cfg.hardware), seed=cfg.seed, store=cfg.store, results_dir=cfg.results_dir,
         progress=cfg.progress, stop_after_epoch=cfg.stop_after_epoch, task=cfg.task,
+        tables=OmegaConf.to_object(cfg.tables), analyze=OmegaConf.to_object(cfg.analyze),
+        tune=OmegaConf.to_object(cfg.tune),
     )
+    _choice("tables.metric", rc.tables.metric, ("best", "last"))
     _choice("task", rc.task, TASKS)
     _choice("dataset.name", rc.dataset.name, available_datasets())
     _require(rc.dataset.crop_pad >= 0, "dataset.crop_pad", rc.dataset.crop_pad, "must be >= 0")

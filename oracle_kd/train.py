@@ -179,6 +179,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def status(rc: RunConfig) -> dict[str, Any]:
+    """Where a run stands without touching it: finished, resumable (with its last epoch) or new."""
+    _, rid, folder = identify(rc)
+    state = "new"
+    if (folder / records.RESULT).exists():
+        state = "finished"
+    elif (folder / records.METRICS).exists():
+        done = [r["epoch"] for r in records.read_metrics(folder / records.METRICS)]
+        state = f"resumable after epoch {max(done)}" if done else "new"
+    return {"run_id": rid, "status": state, "folder": str(folder)}
+
+
+def plan(rc: RunConfig) -> dict[str, Any]:
+    """task=plan: print what a launch would do (a dry run, e.g. over a whole sweep) and train nothing."""
+    st = status(rc)
+    teacher = ""
+    if needs_teacher(rc):
+        if rc.teacher.checkpoint == "auto":
+            tst = status(teacher_run_config(rc))
+            teacher = f" [teacher {rc.teacher.arch} run {tst['run_id']}: {tst['status']}]"
+        else:
+            teacher = f" [teacher {rc.teacher.arch} from {rc.teacher.checkpoint}]"
+    print(f"plan: {st['status']:<24} {st['run_id']} {rc.dataset.name} {rc.method.name} "
+          f"{rc.teacher.arch if needs_teacher(rc) else 'none'}->{rc.student.arch} seed={rc.seed}{teacher}", flush=True)
+    return st
+
+
 def run(rc: RunConfig) -> dict[str, Any]:
     """Run (or skip, or resume) one training run and return its result record.
 

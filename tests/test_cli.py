@@ -23,7 +23,7 @@ def error_line(capsys, argv, tmp_path) -> str:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["method=oracel"], "unknown method 'oracel'; choose one of: ce, kd, oracle"),
+    (["method=oracel"], "unknown method 'oracel'; choose one of: at, ce, dkd, fitnet, kd, oracle, oracle_paper, sad"),
     (["student=resnet21"], "unknown student 'resnet21'; choose one of:"),
     (["teacher=vgg"], "unknown teacher 'vgg'; choose one of:"),
     (["dataset=mnist"], "unknown dataset 'mnist'; choose one of: cifar10, cifar100, digits"),
@@ -32,8 +32,8 @@ def error_line(capsys, argv, tmp_path) -> str:
     (["method=oracle", "method.gamma_reduction=max"], "method.gamma_reduction='max' is not one of: mean, sum"),
     (["method=kd", "method.temperature=0"], "method.temperature=0.0 must be > 0"),
     (["method=oracle", "method.gamma=abc"], "method.gamma='abc': wrong type, expected float"),
-    (["method=oracle", "method.gamam=0.5"], "unknown key 'method.gamam'; method accepts: alpha, ce_weight, gamma,"),
-    (["method=ce", "method.gamma=0.5"], "unknown key 'method.gamma'; method accepts: ce_weight, name"),
+    (["method=oracle", "method.gamam=0.5"], "unknown key 'method.gamam'; method accepts: alpha, ce_weight, ce_weight_by_teacher, gamma,"),
+    (["method=ce", "method.gamma=0.5"], "unknown key 'method.gamma'; method accepts: ce_weight, ce_weight_by_teacher, name"),
     (["train.epochs=0"], "train.epochs=0 must be >= 1"),
     (["hardware.precision=fp8"], "hardware.precision='fp8' is not one of: fp32, bf16"),
     (["sed=1"], "unknown key 'sed'"),

@@ -92,7 +92,7 @@ def test_tables_task_prints_a_row_per_method(tmp_path, capsys):
     capsys.readouterr()
     assert main([f"store={store}", f"results_dir={tmp_path}/results", "task=tables"]) == 0
     out = capsys.readouterr().out
-    assert "ce" in out and "kd" in out and "best top-1" in out
+    assert "ce" in out and "kd" in out and "best-epoch test top-1" in out
     assert (tmp_path / "results" / "runs.csv").exists()
 
 

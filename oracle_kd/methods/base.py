@@ -8,8 +8,9 @@ regressor, SAD's attention). The runner only ever calls `forward_train`, `traina
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,14 +21,27 @@ from oracle_kd.errors import ConfigError
 
 @dataclass
 class MethodConfig:
-    """Options every method has. `name` selects the method; `ce_weight` scales CE(student(x), y)."""
+    """Options every method has. `name` selects the method; `ce_weight` scales CE(student(x), y);
+    `ce_weight_by_teacher` (teacher arch → ce_weight) lets one sweep preset follow the released Oracle
+    runs, whose CE weight depended on the teacher. It is resolved into `ce_weight` before a run starts."""
 
     name: str = "ce"
     ce_weight: float = 1.0
+    ce_weight_by_teacher: Optional[dict[str, float]] = None
 
     def validate(self) -> None:
         """Raise ConfigError (one line) for values no method can use."""
         _require(self.ce_weight >= 0, "method.ce_weight", self.ce_weight, "must be >= 0")
+        for arch, w in (self.ce_weight_by_teacher or {}).items():
+            _require(w >= 0, f"method.ce_weight_by_teacher.{arch}", w, "must be >= 0")
+
+    def for_teacher(self, arch: str) -> "MethodConfig":
+        """This config with `ce_weight_by_teacher` resolved for a teacher arch (and then dropped, so the
+        run's identity is the same as with that ce_weight given directly)."""
+        if not self.ce_weight_by_teacher:
+            return self
+        weight = self.ce_weight_by_teacher.get(arch, self.ce_weight)
+        return dataclasses.replace(self, ce_weight=weight, ce_weight_by_teacher=None)
 
 
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:

@@ -1,0 +1,64 @@
+"""Attention Transfer (Zagoruyko & Komodakis, ICLR 2017; "ATT" in the paper's tables), following
+mdistiller's `AT`.
+
+The student matches the teacher's normalised spatial attention maps after each of the three stages.
+The maps have one value per position whatever the channel count, so teacher and student may differ
+in width and depth; only the spatial sizes must agree, and the larger map is pooled to the smaller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from oracle_kd.methods.base import Distiller, MethodConfig, _require
+from oracle_kd.methods.losses import attention_map, pool_to
+from oracle_kd.methods.registry import register_method
+
+
+@dataclass
+class ATConfig(MethodConfig):
+    """L = ce_weight·CE + beta·Σ_stages mean((a(f_s) − a(f_t))²), a = attention map with exponent p."""
+
+    name: str = "at"
+    beta: float = 1000.0
+    p: float = 2.0
+
+    def validate(self) -> None:
+        super().validate()
+        _require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
+        _require(self.p > 0, "method.p", self.p, "must be > 0")
+
+
+def at_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], p: float = 2.0) -> torch.Tensor:
+    """Σ over paired (B, C, H, W) maps of mean_{batch, positions}((a(f_s) − a(f_t))²), in fp32.
+
+    Each pair is first pooled to the smaller map's size (`pool_to` is a no-op for the smaller one).
+    """
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(f"AT needs the same, non-zero number of student and teacher maps, "
+                         f"got {len(student_feats)} and {len(teacher_feats)}")
+    total = torch.zeros((), device=student_feats[0].device)
+    for f_s, f_t in zip(student_feats, teacher_feats):
+        size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
+        diff = attention_map(pool_to(f_s, size), p) - attention_map(pool_to(f_t, size), p)
+        total = total + diff.pow(2).mean()
+    return total
+
+
+@register_method("at", ATConfig)
+class AT(Distiller):
+    """Feature distillation on the attention maps of the stage outputs (`Features.stages[1:]`)."""
+
+    cfg: ATConfig
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            _, t_feats = self.teacher(x)
+        s_logits, s_feats = self.student(x)
+        return s_logits, {
+            "ce": self.ce_loss(s_logits, y),
+            "at": self.cfg.beta * at_loss(s_feats.stages[1:], t_feats.stages[1:], self.cfg.p),
+        }

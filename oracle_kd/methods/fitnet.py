@@ -1,0 +1,79 @@
+"""FitNet hints (Romero et al. 2015): regress a student stage onto the teacher's, as RepDistiller/mdistiller do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oracle_kd.methods.base import Distiller, MethodConfig, _require, probe_features
+from oracle_kd.methods.registry import register_method
+
+
+@dataclass
+class FitNetConfig(MethodConfig):
+    """L = ce_weight·CE + weight·MSE(regressor(s_stage), t_stage), on `Features.stages[hint_stage]`.
+
+    Defaults follow mdistiller's CIFAR FitNet: the output of layer2 (stage 2), weight 100.
+    """
+
+    name: str = "fitnet"
+    weight: float = 100.0
+    hint_stage: int = 2
+
+    def validate(self) -> None:
+        super().validate()
+        _require(self.weight >= 0, "method.weight", self.weight, "must be >= 0")
+        _require(self.hint_stage >= 0, "method.hint_stage", self.hint_stage, "must be >= 0")
+
+
+def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Sequential:
+    """conv → BN → ReLU from a (C, H, W) student map to the teacher's (C, H, W).
+
+    The conv's geometry is the only thing that depends on the sizes: a stride-2 3×3 conv halves, a stride-2
+    4×4 transposed conv doubles, and a valid conv of kernel 1 + s − t trims any other larger map (1×1 when
+    equal). A student map smaller than the teacher's but not half of it has no regressor: ConfigError.
+    """
+    (s_c, s_h, s_w), (t_c, t_h, t_w) = s_shape, t_shape
+    conv: nn.Module
+    if (s_h, s_w) == (2 * t_h, 2 * t_w):
+        conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
+    elif (2 * s_h, 2 * s_w) == (t_h, t_w):
+        conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+    else:
+        _require(s_h >= t_h and s_w >= t_w, "method.hint_stage", f"{s_h}x{s_w}->{t_h}x{t_w}",
+                 "needs a student map at least as large as the teacher's, or half of it")
+        conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
+    return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
+
+
+@register_method("fitnet", FitNetConfig)
+class FitNet(Distiller):
+    """Hint loss on one stage; the regressor is a submodule, so it trains with the student's optimizer and
+    stays out of the saved student."""
+
+    cfg: FitNetConfig
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: FitNetConfig,
+                 input_shape: tuple[int, ...] | None = None) -> None:
+        super().__init__(student, teacher, cfg, input_shape)
+        if input_shape is None:
+            raise ValueError("fitnet sizes its regressor from a shape probe: pass input_shape")
+        # eval-mode probes: a train-mode forward would move the teacher's BN running statistics
+        _, t_feats = probe_features(self.teacher, input_shape)
+        _, s_feats = probe_features(self.student, input_shape)
+        n = min(len(t_feats.stages), len(s_feats.stages))
+        _require(cfg.hint_stage < n, "method.hint_stage", cfg.hint_stage, f"must be < {n} (the models' stage count)")
+        s_shape = tuple(s_feats.stages[cfg.hint_stage].shape[1:])
+        t_shape = tuple(t_feats.stages[cfg.hint_stage].shape[1:])
+        self.regressor = hint_regressor(s_shape, t_shape).to(next(student.parameters()).device)
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            _, t_feats = self.teacher(x)
+        s_logits, s_feats = self.student(x)
+        hint = self.regressor(s_feats.stages[self.cfg.hint_stage])
+        mse = F.mse_loss(hint.float(), t_feats.stages[self.cfg.hint_stage].float())
+        return s_logits, {"ce": self.ce_loss(s_logits, y), "hint": self.cfg.weight * mse}

@@ -1,0 +1,154 @@
+"""Sweep presets, relaunch/skip, the run lock, and the aggregator through the real command line."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import oracle_kd.train as train_module
+from oracle_kd import records
+from oracle_kd.cli import main
+from oracle_kd.tables import build_tables, read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ["--config-dir", str(ROOT / "sweeps"), "--config-name"]
+# Hydra composes each job twice (~0.2 s each), so the big grids are cut down by one override here;
+# every method and dataset of them still composes in one of the cases.
+PRESETS = [("quick", [], 3), ("teachers", [], 8), ("table4", ["dataset=cifar100"], 24),
+           ("fig5_pairs", ["method=oracle_paper"], 16), ("gamma_grid", [], 12)]
+
+
+@pytest.mark.parametrize("preset, extra, jobs", PRESETS)
+def test_every_preset_composes_and_validates_every_job(preset, extra, jobs, tmp_path, capsys):
+    assert main(["-m", *SWEEP, preset, f"store={tmp_path}/runs", "task=plan", *extra]) == 0
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("plan: ")]
+    assert len(lines) == jobs
+    assert all(" new " in l for l in lines)
+
+
+def test_seeds_extend_a_preset_grid(tmp_path, capsys):
+    assert main(["-m", *SWEEP, "quick", f"store={tmp_path}/runs", "task=plan", "seed=0,1,2"]) == 0
+    assert len([l for l in capsys.readouterr().out.splitlines() if l.startswith("plan: ")]) == 9
+
+
+@pytest.mark.parametrize("launcher, target", [("joblib", "hydra_plugins.hydra_joblib_launcher"),
+                                               ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher")])
+def test_launchers_compose(launcher, target, tmp_path, capsys):
+    assert main([*SWEEP, "table4", f"store={tmp_path}/runs", f"hydra/launcher={launcher}", "--cfg", "hydra"]) == 0
+    assert target in capsys.readouterr().out
+
+
+TINY = ["dataset=digits", "train=quick", "train.epochs=1", "train.milestones=[1]", "progress=false", "hardware=cpu"]
+GRID = [*TINY, "method=kd,oracle", "teacher=resnet8,resnet14", "student=resnet8", "seed=0,1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """2 methods × 2 pairs × 2 seeds of digits, 2 epochs, through the real CLI; counts trained epochs."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    store = tmp / "runs"
+    assert main(["-m", f"store={store}", *GRID]) == 0
+    return tmp, store
+
+
+def _epochs_trained(store: Path) -> int:
+    return sum(len(records.read_metrics(p)) for p in store.rglob(records.METRICS))
+
+
+def test_relaunching_a_sweep_trains_nothing(tiny_sweep, monkeypatch):
+    _, store = tiny_sweep
+    assert _epochs_trained(store) == 8 + 4  # 8 students + 4 auto teachers (2 archs × 2 seeds), 1 epoch each
+    calls = []
+    monkeypatch.setattr(train_module, "_train", lambda *a, **k: calls.append(a) or {})
+    assert main(["-m", f"store={store}", *GRID]) == 0
+    assert calls == []
+    assert _epochs_trained(store) == 12
+
+
+def test_aggregator_tables_from_the_sweep(tiny_sweep):
+    tmp, store = tiny_sweep
+    out = tmp / "results"
+    assert main([f"store={store}", f"results_dir={out}", "task=tables"]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 12 and set(runs["method"]) == {"ce", "kd", "oracle"}
+    fig5 = pd.read_csv(out / "fig5_pairs.csv")
+    assert len(fig5) == 4 and set(fig5["n_seeds"]) == {2}
+    assert {"best_top1_mean", "best_top1_std", "paper_top1", "diff"} <= set(fig5.columns)
+    for row in fig5.itertuples():
+        vals = runs[(runs.method == row.method) & (runs.teacher == row.teacher) & (runs.student == row.student)]["best_top1"]
+        assert row.best_top1_mean == pytest.approx(vals.mean(), abs=1e-4)
+        assert row.best_top1_std == pytest.approx(vals.std(), abs=1e-4)
+    t4 = pd.read_csv(out / "table4.csv")
+    assert list(t4["method"]) == ["teacher", "kd", "oracle"]  # resnet8 -> resnet8 only; paper order
+    assert "digits/resnet8 best_top1_mean" in t4.columns and "digits/resnet8 n_seeds" in t4.columns
+    assert (t4["digits/resnet8 n_seeds"] == 2).all()
+    teacher_ce = runs[(runs.method == "ce") & (runs.student == "resnet8")]["best_top1"]
+    assert t4.loc[0, "digits/resnet8 best_top1_mean"] == pytest.approx(teacher_ce.mean(), abs=1e-4)
+    grid = pd.read_csv(out / "gamma_grid.csv")
+    assert set(grid["gamma"]) == {0.5} and set(grid["n_seeds"]) == {2}
+    for name in ("table4.md", "fig5_pairs.md", "fig5_pairs_digits.png", "gamma_grid.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_last_epoch_metric_and_deterministic_output(tiny_sweep):
+    tmp, store = tiny_sweep
+    a, b = tmp / "a", tmp / "b"
+    build_tables([store], a, metric="last", plots=False)
+    build_tables([store], b, metric="last", plots=False)
+    for f in sorted(a.glob("*.csv")):
+        assert f.read_bytes() == (b / f.name).read_bytes(), f.name
+    assert "last_top1_mean" in pd.read_csv(a / "fig5_pairs.csv").columns
+
+
+def test_corrupt_and_unfinished_records_are_reported_and_skipped(tiny_sweep, tmp_path, caplog):
+    _, store = tiny_sweep
+    broken = tmp_path / "broken" / "digits" / "kd" / "resnet8-resnet8"
+    (broken / "aaa").mkdir(parents=True)
+    (broken / "aaa" / "result.json").write_text('{"run_id": "aaa", "best_to')  # torn write
+    (broken / "bbb").mkdir()
+    (broken / "bbb" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (broken / "bbb" / "config.json").write_text("{}")  # a run that died before result.json
+    (broken / "ccc").mkdir()
+    (broken / "ccc" / "result.json").write_text(json.dumps({"run_id": "ccc"}))
+    df, problems = read_results([store, tmp_path / "broken"])
+    assert len(df) == 12
+    why = sorted(p.why.split(" ")[0] for p in problems)
+    assert why == ["corrupt", "incomplete", "unfinished"]
+    assert main([f"store={store}", f"tables.roots=[{tmp_path / 'broken'}]", f"results_dir={tmp_path}/r",
+                 "task=tables"]) == 0
+
+
+def _hold_then_release(folder: str, started: str) -> None:
+    with records.run_lock(folder):
+        Path(started).touch()
+        time.sleep(1.5)
+
+
+def test_run_lock_makes_a_second_process_wait(tmp_path):
+    folder, started = tmp_path / "run", tmp_path / "started"
+    ctx = mp.get_context("spawn")
+    holder = ctx.Process(target=_hold_then_release, args=(str(folder), str(started)))
+    holder.start()
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    waited = []
+    t0 = time.time()
+    with records.run_lock(folder, on_wait=lambda: waited.append(True)):
+        elapsed = time.time() - t0
+    holder.join()
+    assert waited == [True] and elapsed > 0.3
+
+
+def test_parallel_jobs_needing_one_missing_teacher_train_it_once(tmp_path):
+    store = tmp_path / "runs"
+    assert main(["-m", f"store={store}", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=kd",
+                 "teacher=resnet8", "student=resnet8,resnet14"]) == 0
+    (teacher_metrics,) = list((store / "digits" / "ce").rglob(records.METRICS))
+    assert [r["epoch"] for r in records.read_metrics(teacher_metrics)] == [1]
+    assert len(list(store.rglob(records.RESULT))) == 3
