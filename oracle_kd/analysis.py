@@ -103,13 +103,19 @@ def silhouette(points: ArrayLike, labels: ArrayLike, n: int, seed: int) -> float
 
 
 def tsne_embed(points: ArrayLike, seed: int) -> np.ndarray:
-    """2-D t-SNE (PCA init, seeded) — what the released notebook scored and plotted."""
+    """2-D t-SNE (PCA init, seeded) — what the released notebook scored and plotted.
+
+    Run on one OpenMP thread: scikit-learn ships its own libgomp next to torch's, and after torch work
+    the two pools fight over the cores (measured: 20 s instead of 3 s for 450 points on 2 cores); one
+    thread also keeps the embedding reproducible."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     pts = _np(points).astype(np.float32)
     perplexity = float(min(30.0, max(2.0, (len(pts) - 1) / 3.0)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
-                random_state=seed).fit_transform(pts)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto",
+                    random_state=seed).fit_transform(pts)
 
 
 def represent(logits: ArrayLike, kind: str, tau: float, seed: int) -> np.ndarray:
@@ -125,22 +131,23 @@ def represent(logits: ArrayLike, kind: str, tau: float, seed: int) -> np.ndarray
 
 
 def silhouettes(logits: ArrayLike, label_sets: dict[str, ArrayLike | None], representation: str, n: int,
-                seed: int, tau: float = 1.0) -> dict[str, float]:
+                seed: int, tau: float = 1.0, points: np.ndarray | None = None) -> dict[str, float]:
     """Silhouette for each label set on ONE seeded subsample and ONE representation of it (so fine and
-    coarse scores share their t-SNE, and every γ is scored on the same images). None labels -> NaN."""
+    coarse scores share their t-SNE, and every γ is scored on the same images). None labels -> NaN.
+    `points`: the representation of that subsample if already computed (a t-SNE made for the plot)."""
     z = _np(logits)
     idx = sample_indices(len(z), n, seed)
-    pts = represent(z[idx], representation, tau, seed)
+    pts = represent(z[idx], representation, tau, seed) if points is None else points
     return {name: (float("nan") if lab is None else silhouette(pts, _np(lab)[idx], len(idx), seed))
             for name, lab in label_sets.items()}
 
 
 def metrics(logits: ArrayLike, labels: ArrayLike, coarse: ArrayLike | None, *, tau: float, bins: int,
-            representation: str, silhouette_n: int, seed: int) -> dict[str, float]:
+            representation: str, silhouette_n: int, seed: int, points: np.ndarray | None = None) -> dict[str, float]:
     """Every per-γ number of the analysis from the oracle teacher's logits."""
     z = torch.as_tensor(_np(logits), dtype=torch.float64)
     probs = F.softmax(z, dim=1)
-    sil = silhouettes(z, {"fine": labels, "coarse": coarse}, representation, silhouette_n, seed, tau)
+    sil = silhouettes(z, {"fine": labels, "coarse": coarse}, representation, silhouette_n, seed, tau, points)
     return {"top1": top1(z, labels), "ece": ece(probs, labels, bins),
             "confidence": float(probs.max(dim=1).values.mean()), "entropy_bits": entropy_bits(z, tau),
             "silhouette_fine": sil["fine"], "silhouette_coarse": sil["coarse"]}
@@ -285,8 +292,9 @@ def analyze(rc: RunConfig) -> dict[str, Any]:
     folder = analysis_dir(rc, aid)
     labels = setup.labels.numpy()
     coarse = setup.coarse.numpy() if setup.coarse is not None else None
-    sil_n = len(sample_indices(len(labels), a.silhouette_samples, rc.seed))
+    sil_idx = sample_indices(len(labels), a.silhouette_samples, rc.seed)
     plot_idx = sample_indices(len(labels), a.tsne_samples, rc.seed)
+    share_tsne = a.tsne_plots and a.representation == "tsne" and np.array_equal(sil_idx, plot_idx)
     plot_labels, plot_kind = (coarse, "coarse") if coarse is not None else (labels, "fine")
     log.info("analysis %s: %s on %s/%s, γ in %s -> %s", aid, rc.teacher.arch, rc.dataset.name, a.split,
              list(a.gammas), folder)
@@ -294,18 +302,20 @@ def analyze(rc: RunConfig) -> dict[str, Any]:
     rows, pngs = [], {}
     for gamma in sorted(dict.fromkeys(float(g) for g in a.gammas)):
         z = setup.logits(gamma, a.gamma_reduction)
+        emb = tsne_embed(z.numpy()[plot_idx], rc.seed) if a.tsne_plots else None
         m = metrics(z, labels, coarse, tau=a.temperature, bins=a.ece_bins, representation=a.representation,
-                    silhouette_n=a.silhouette_samples, seed=rc.seed)
+                    silhouette_n=a.silhouette_samples, seed=rc.seed, points=emb if share_tsne else None)
         rows.append({"dataset": rc.dataset.name, "split": a.split, "teacher": rc.teacher.arch,
                      "teacher_source": setup.identity["source"], "teacher_id": setup.identity["id"],
                      "analysis_id": aid, "gamma": gamma, "gamma_reduction": a.gamma_reduction,
                      "batch_size": a.batch_size, "temperature": a.temperature, "representation": a.representation,
-                     "ece_bins": a.ece_bins, "n_samples": len(labels), "silhouette_n": sil_n, "seed": rc.seed, **m})
+                     "ece_bins": a.ece_bins, "n_samples": len(labels), "silhouette_n": len(sil_idx),
+                     "seed": rc.seed, **m})
         log.info("γ=%g: top-1 %.2f, ECE %.4f, entropy %.3f bits, silhouette fine %.3f coarse %.3f", gamma,
                  m["top1"], m["ece"], m["entropy_bits"], m["silhouette_fine"], m["silhouette_coarse"])
-        if a.tsne_plots:
-            emb = tsne_embed(z.numpy()[plot_idx], rc.seed)
-            title = (f"{rc.dataset.name} {a.split} · {rc.teacher.arch} oracle teacher · γ={gamma:g} ({a.gamma_reduction})\n"
+        if emb is not None:
+            title = (f"{rc.dataset.name} {a.split} · {rc.teacher.arch} oracle teacher · "
+                     f"γ={gamma:g} ({a.gamma_reduction})\n"
                      f"top-1 {m['top1']:.1f}%  silhouette({a.representation}, fine) {m['silhouette_fine']:.3f}")
             pngs[f"tsne_gamma_{_gamma_tag(gamma)}.png"] = plot_tsne(emb, plot_labels[plot_idx], title, plot_kind)
 

@@ -325,17 +325,46 @@ def _write(out: Path, name: str, df: pd.DataFrame, title: str) -> list[Path]:
     return [out / f"{name}.csv", out / f"{name}.md"]
 
 
+def oracle_teacher(roots: Iterable[str | Path]) -> pd.DataFrame:
+    """The oracle-teacher analyses (task=analyze) with the paper's numbers beside them: Table 1 top-1 and
+    Table 3 entropy (scratch = γ 0, oracle = γ > 0) and Figure 4 silhouettes (per γ, released notebook)."""
+    from oracle_kd.analysis import collect_analysis, paper_oracle_teacher
+
+    ana = collect_analysis(roots)
+    if ana.empty:
+        return ana
+    paper = paper_oracle_teacher()
+    tables_1_3 = paper[paper["gamma"].isna()]
+    for metric in ("top1", "entropy_bits"):
+        p = tables_1_3[tables_1_3["metric"] == metric][["dataset", "arch", "original", "oracle"]]
+        p = p.rename(columns={"arch": "teacher", "original": f"paper_{metric}_scratch", "oracle": f"paper_{metric}_oracle"})
+        ana = ana.merge(p, on=["dataset", "teacher"], how="left")
+    fig4 = paper[paper["gamma"].notna()]
+    zero = fig4.drop_duplicates("metric").assign(gamma=0.0, oracle=lambda d: d["original"])
+    fig4 = pd.concat([zero, fig4], ignore_index=True).pivot_table(index=["dataset", "arch", "gamma"], columns="metric",
+                                                                 values="oracle", aggfunc="first")
+    fig4.columns = [f"paper_{c}_tsne_train" for c in fig4.columns]
+    fig4 = fig4.reset_index().rename(columns={"arch": "teacher"})
+    return ana.merge(fig4, on=["dataset", "teacher", "gamma"], how="left")
+
+
 def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: str = "best",
                  plots: bool = True) -> dict[str, pd.DataFrame]:
     """Read every record under the roots and write results/*.csv (+ .md, .png). Returns the tables."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}")
+    roots = list(roots)
+    out = Path(results_dir)
+    analysis = oracle_teacher(roots)
+    tables: dict[str, pd.DataFrame] = {}
+    if not analysis.empty:
+        tables["oracle_teacher"] = analysis
+        _write(out, "oracle_teacher", analysis, "Oracle teacher teacher(x*(γ)): Tables 1-3, Figure 4")
     df, problems = read_results(roots)
     for p in problems:
         log.warning("skipped %s", p)
-    out = Path(results_dir)
     label = _metric_label(metric)
-    tables: dict[str, pd.DataFrame] = {"runs": df}
+    tables["runs"] = df
     if df.empty:
         log.warning("no finished runs under %s", ", ".join(map(str, roots)))
         return tables

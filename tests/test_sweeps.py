@@ -147,8 +147,26 @@ def test_run_lock_makes_a_second_process_wait(tmp_path):
 
 def test_parallel_jobs_needing_one_missing_teacher_train_it_once(tmp_path):
     store = tmp_path / "runs"
-    assert main(["-m", f"store={store}", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=kd",
+    assert main(["-m", f"store={store}", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hardware.threads=1", "method=kd",
                  "teacher=resnet8", "student=resnet8,resnet14"]) == 0
     (teacher_metrics,) = list((store / "digits" / "ce").rglob(records.METRICS))
     assert [r["epoch"] for r in records.read_metrics(teacher_metrics)] == [1]
     assert len(list(store.rglob(records.RESULT))) == 3
+
+
+def test_oracle_teacher_table_sits_beside_the_papers_numbers(tmp_path):
+    from oracle_kd.analysis import COLUMNS
+
+    folder = tmp_path / "runs" / "cifar100" / "analysis" / "resnet20" / "abc123"
+    folder.mkdir(parents=True)
+    rows = [{c: None for c in COLUMNS} | {"dataset": "cifar100", "split": "train", "teacher": "resnet20",
+                                           "analysis_id": "abc123", "gamma": g, "top1": 70.0 + g}
+            for g in (0.0, 1.0)]
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(folder / "oracle_teacher.csv", index=False)
+    tables = build_tables([tmp_path / "runs"], tmp_path / "results", plots=False)
+    t = pd.read_csv(tmp_path / "results" / "oracle_teacher.csv").set_index("gamma")
+    assert "oracle_teacher" in tables
+    assert t.loc[1.0, "paper_top1_scratch"] == 68.68 and t.loc[1.0, "paper_top1_oracle"] == 90.60
+    assert t.loc[0.0, "paper_silhouette_fine_tsne_train"] == 0.045
+    assert t.loc[1.0, "paper_silhouette_fine_tsne_train"] == 0.277
+    assert t.loc[1.0, "paper_entropy_bits_oracle"] == 0.37

@@ -1,0 +1,319 @@
+"""task=tune: an Optuna study of Oracle KD's γ.
+
+The default objective needs no student: it scores the oracle teacher teacher(x*(γ)) by the silhouette
+of its outputs on the analysis split (the paper's Figure 4 argument: a γ whose outputs cluster by class
+better gives a more useful teacher), with exactly the functions of `oracle_kd.analysis`. One trial costs
+one pass of Step A over the split. `tune.objective=student_acc` instead trains a short Oracle-KD student
+per trial through the normal runner (expensive: `tune.student_epochs` epochs per trial) and reports
+each epoch's running best top-1 so a median pruner can stop hopeless γs early.
+
+The study lives in an Optuna storage (SQLite under the store, any Optuna URL, or a JournalFileStorage
+for shared filesystems) and is opened with load_if_exists, so relaunching continues it and several
+workers (`tune.worker=0,1,...` in a Hydra multirun, or separate jobs) fill the same study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from oracle_kd import records
+from oracle_kd.analysis import (REPRESENTATIONS, OracleSetup, check_analyze, metrics, setup_oracle,
+                                teacher_identity)
+from oracle_kd.config import RunConfig
+from oracle_kd.errors import ConfigError
+from oracle_kd.methods.base import _require
+
+log = logging.getLogger("oracle_kd")
+
+OBJECTIVES = ("silhouette", "student_acc")
+LABELS = ("fine", "coarse")
+SAMPLERS = ("tpe", "random")
+
+
+# ----------------------------------------------------------------------------- config
+def check_tune(rc: RunConfig) -> None:
+    """Range/choice checks of `tune.*` (plus the analysis settings the silhouette objective reuses)."""
+    t = rc.tune
+    check_analyze(rc)
+    _require(t.n_trials >= 1, "tune.n_trials", t.n_trials, "must be >= 1")
+    if t.log_scale:
+        _require(t.gamma_low > 0, "tune.gamma_low", t.gamma_low, "must be > 0 with tune.log_scale=true")
+    else:
+        _require(t.gamma_low >= 0, "tune.gamma_low", t.gamma_low, "must be >= 0")
+    _require(t.gamma_high > t.gamma_low, "tune.gamma_high", t.gamma_high, f"must be > tune.gamma_low={t.gamma_low}")
+    _require(t.objective in OBJECTIVES, "tune.objective", t.objective, f"is not one of: {', '.join(OBJECTIVES)}")
+    _require(t.labels in LABELS, "tune.labels", t.labels, f"is not one of: {', '.join(LABELS)}")
+    _require(t.representation in REPRESENTATIONS, "tune.representation", t.representation,
+             f"is not one of: {', '.join(REPRESENTATIONS)}")
+    _require(t.sampler in SAMPLERS, "tune.sampler", t.sampler, f"is not one of: {', '.join(SAMPLERS)}")
+    _require(t.worker >= 0, "tune.worker", t.worker, "must be >= 0")
+    _require(t.student_epochs >= 1, "tune.student_epochs", t.student_epochs, "must be >= 1")
+
+
+# ----------------------------------------------------------------------------- study identity and storage
+def study_settings(rc: RunConfig, identity: dict[str, Any]) -> dict[str, Any]:
+    """What makes two launches the same optimisation problem (not the sampler, worker or trial count)."""
+    t, a = rc.tune, rc.analyze
+    s: dict[str, Any] = {"dataset": rc.dataset.name, "teacher": identity, "objective": t.objective,
+                         "gamma_reduction": a.gamma_reduction, "seed": rc.seed}
+    if rc.dataset.name == "digits":
+        s["test_fraction"] = rc.dataset.test_fraction
+    if t.objective == "silhouette":
+        s.update(labels=t.labels, representation=t.representation, split=a.split, batch_size=a.batch_size,
+                 silhouette_samples=a.silhouette_samples,
+                 temperature=a.temperature if t.representation == "softmax" else None)
+    else:
+        s.update(student=rc.student.arch, method=dataclasses.asdict(_student_method(rc, 0.0)) | {"gamma": None},
+                 train=dataclasses.asdict(rc.train) | {"epochs": t.student_epochs})
+    return s
+
+
+def study_name(rc: RunConfig, settings: dict[str, Any]) -> str:
+    """`tune.study_name`, else readable parts plus a short hash of the remaining settings, so a different
+    teacher run or batch size never lands in (and corrupts) another problem's study."""
+    if rc.tune.study_name:
+        return rc.tune.study_name
+    t = rc.tune
+    what = f"{t.labels}-{t.representation}" if t.objective == "silhouette" else rc.student.arch
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{rc.dataset.name}-{rc.teacher.arch}-{t.objective}-{what}-{digest}"
+
+
+def make_storage(rc: RunConfig) -> Any:
+    """`tune.journal` (a JournalFileStorage: file appends, safe on NFS) wins over `tune.storage`; the
+    default is SQLite at <store>/optuna.db (fine for workers on one machine)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if rc.tune.journal:
+        path = Path(rc.tune.journal).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if rc.tune.storage:
+        if rc.tune.storage.startswith("sqlite:///"):  # SQLite cannot create the folder of its file
+            Path(rc.tune.storage[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return rc.tune.storage
+    store = Path(rc.store).expanduser().resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'optuna.db'}"
+
+
+def sampler_seed(seed: int, worker: int, n_existing: int) -> int:
+    """Distinct per worker AND per launch: seeding from (seed, worker) alone would make a relaunch
+    replay the first γs it already tried (TPE's start-up trials are random draws)."""
+    return int(np.random.SeedSequence([seed, worker, n_existing]).generate_state(1)[0])
+
+
+def make_sampler(kind: str, seed: int) -> Any:
+    import optuna
+
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+
+
+# ----------------------------------------------------------------------------- objectives
+def suggest_gamma(trial: Any, rc: RunConfig) -> float:
+    return trial.suggest_float("gamma", rc.tune.gamma_low, rc.tune.gamma_high, log=rc.tune.log_scale)
+
+
+def silhouette_objective(rc: RunConfig, setup: OracleSetup) -> Callable[[Any], float]:
+    """Silhouette of teacher(x*(γ)) on the analysis split, one fixed seeded subsample for every trial (so
+    trials differ only by γ). The other analysis metrics are kept as the trial's user attributes."""
+    a, t = rc.analyze, rc.tune
+    labels = setup.labels.numpy()
+    coarse = setup.coarse.numpy() if setup.coarse is not None else None
+
+    def objective(trial: Any) -> float:
+        gamma = suggest_gamma(trial, rc)
+        m = metrics(setup.logits(gamma, a.gamma_reduction), labels, coarse, tau=a.temperature, bins=a.ece_bins,
+                    representation=t.representation, silhouette_n=a.silhouette_samples, seed=rc.seed)
+        for k, v in m.items():
+            trial.set_user_attr(k, None if isinstance(v, float) and math.isnan(v) else v)
+        return m[f"silhouette_{t.labels}"]
+
+    return objective
+
+
+def _student_method(rc: RunConfig, gamma: float) -> Any:
+    """The run's oracle options with the trial's γ (the defaults of `method=oracle` if another method is set)."""
+    from oracle_kd.methods.oracle import OracleConfig
+
+    if isinstance(rc.method, OracleConfig):
+        return dataclasses.replace(rc.method, gamma=gamma)
+    return OracleConfig(gamma=gamma, gamma_reduction=rc.analyze.gamma_reduction).for_teacher(rc.teacher.arch)
+
+
+def student_run_config(rc: RunConfig, gamma: float, teacher_path: Path | None) -> RunConfig:
+    """A short Oracle-KD run: the trial's γ and tune.student_epochs epochs. An auto teacher trained with
+    the student's recipe (teacher.train=same) is pinned to its model file, or shortening the recipe would
+    also shorten (and retrain) the teacher."""
+    teacher = rc.teacher
+    if teacher_path is not None:
+        teacher = dataclasses.replace(rc.teacher, checkpoint=str(teacher_path))
+    return dataclasses.replace(rc, task="train", method=_student_method(rc, gamma), teacher=teacher,
+                               train=dataclasses.replace(rc.train, epochs=rc.tune.student_epochs),
+                               stop_after_epoch=None)
+
+
+def student_objective(rc: RunConfig, teacher_path: Path | None) -> Callable[[Any], float]:
+    """Best test top-1 of a short Oracle-KD student. The run advances one epoch per `train.run` call
+    (stop_after_epoch; each call resumes from last.pt), so every epoch is reported and can be pruned.
+    Trials are ordinary runs in the store: a repeated γ is not retrained, a pruned one stays unfinished."""
+    import optuna
+
+    from oracle_kd.train import identify, run
+
+    def objective(trial: Any) -> float:
+        src = student_run_config(rc, suggest_gamma(trial, rc), teacher_path)
+        folder = identify(src)[2]
+        trial.set_user_attr("run_folder", str(folder))
+        epochs = src.train.epochs
+        result: dict[str, Any] = {}
+        for epoch in range(1, epochs + 1):
+            result = run(dataclasses.replace(src, stop_after_epoch=epoch if epoch < epochs else None))
+            done = [r["test_top1"] for r in records.read_metrics(folder / records.METRICS) if r["epoch"] <= epoch]
+            trial.report(max(done), epoch)
+            if result.get("status") == "finished":  # done (or trained before): nothing left to save
+                break
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return float(result["best_top1"])
+
+    return objective
+
+
+# ----------------------------------------------------------------------------- reporting
+def trials_table(study: Any) -> pd.DataFrame:
+    """One row per trial: number, state, γ, value, the worker's extra metrics."""
+    rows = []
+    for tr in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        rows.append({"number": tr.number, "state": tr.state.name, "gamma": tr.params.get("gamma"), "value": tr.value,
+                     "duration_s": tr.duration.total_seconds() if tr.duration else None,
+                     **{k: v for k, v in sorted(tr.user_attrs.items())}})
+    return pd.DataFrame(rows)
+
+
+def plot_scores(df: pd.DataFrame, best: tuple[float, float] | None, title: str, ylabel: str, log_x: bool) -> bytes:
+    """Score vs γ over the study's completed trials, the best one marked (no pyplot: no global state)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    done = df[df["state"] == "COMPLETE"] if not df.empty else df
+    if not done.empty:
+        ax.scatter(done["gamma"], done["value"], c=done["number"], cmap="viridis", s=24,
+                   label="trials (colour = order)")
+    if best is not None:
+        ax.scatter([best[0]], [best[1]], marker="*", s=200, c="red", label=f"best γ={best[0]:.4g}")
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("γ")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def distill_command(rc: RunConfig, gamma: float) -> str:
+    """The command that trains a student with the best γ (the γ only transfers with the same x* batch size
+    under gamma_reduction=mean: train.batch_size is set to the one it was tuned with)."""
+    parts = ["python run.py", f"dataset={rc.dataset.name}", f"teacher={rc.teacher.arch}",
+             f"student={rc.student.arch}", "method=oracle", f"method.gamma={gamma:.4g}",
+             f"method.gamma_reduction={rc.analyze.gamma_reduction}"]
+    if rc.teacher.checkpoint != "auto":
+        parts.append(f"teacher.checkpoint={rc.teacher.checkpoint}")
+    if rc.teacher.train != "same":
+        parts.append(f"teacher.train={rc.teacher.train}")
+    if rc.seed:
+        parts.append(f"seed={rc.seed}")
+    if rc.tune.objective == "silhouette" and rc.analyze.gamma_reduction == "mean" \
+            and rc.analyze.batch_size != rc.train.batch_size:
+        parts.append(f"train.batch_size={rc.analyze.batch_size}")
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- the task
+def tune(rc: RunConfig) -> dict[str, Any]:
+    """task=tune: run `tune.n_trials` more trials in the (shared, resumable) study, then write and print the
+    best γ, the trial table, a score-vs-γ plot and the distillation command."""
+    import optuna
+
+    check_tune(rc)
+    t = rc.tune
+    if t.objective == "silhouette":
+        setup = setup_oracle(rc)
+        identity = setup.identity
+        if t.labels == "coarse" and setup.coarse is None:
+            raise ConfigError(f"tune.labels=coarse but dataset {rc.dataset.name!r} has no coarse labels; "
+                              "use tune.labels=fine")
+        objective = silhouette_objective(rc, setup)
+        pruner: Any = optuna.pruners.NopPruner()  # one value per trial: nothing to prune on
+    else:
+        identity = teacher_identity(rc)
+        teacher_path = None
+        if rc.teacher.checkpoint == "auto" and rc.teacher.train == "same":
+            from oracle_kd.train import identify, run, teacher_run_config
+
+            trc = teacher_run_config(rc)
+            run(trc)  # make sure the teacher exists (trained with the full recipe), then pin its file
+            teacher_path = identify(trc)[2] / records.MODEL
+        objective = student_objective(rc, teacher_path)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+    settings = study_settings(rc, identity)
+    name = study_name(rc, settings)
+    storage = make_storage(rc)
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
+                                load_if_exists=True)
+    n_before = len(study.get_trials(deepcopy=False))
+    seed = sampler_seed(rc.seed, t.worker, n_before)
+    study.sampler = make_sampler(t.sampler, seed)
+    study.set_user_attr("settings", json.loads(json.dumps(settings, default=str)))
+    log.info("study %s (worker %d, sampler %s seed %d): %d trials so far, running %d more", name, t.worker,
+             t.sampler, seed, n_before, t.n_trials)
+    study.optimize(objective, n_trials=t.n_trials)
+
+    df = trials_table(study)
+    completed = [tr for tr in study.trials if tr.state == optuna.trial.TrialState.COMPLETE and tr.value is not None
+                 and not math.isnan(tr.value)]
+    best = max(completed, key=lambda tr: tr.value) if completed else None
+    folder = Path(rc.store) / rc.dataset.name / "tune" / name
+    ylabel = (f"silhouette ({t.labels} labels, {t.representation})" if t.objective == "silhouette"
+              else f"student {rc.student.arch} best top-1 (%) after {t.student_epochs} epochs")
+    best_pair = (best.params["gamma"], best.value) if best else None
+    png = plot_scores(df, best_pair, f"{name}: {len(df)} trials", ylabel, t.log_scale)
+    summary = {"study_name": name, "storage": storage if isinstance(storage, str) else f"journal:{t.journal}",
+               "n_trials": len(df), "n_complete": int((df["state"] == "COMPLETE").sum()) if not df.empty else 0,
+               "best_gamma": best_pair[0] if best_pair else None, "best_value": best_pair[1] if best_pair else None,
+               "best_trial": best.number if best else None, "objective": t.objective, "settings": settings,
+               "command": distill_command(rc, best_pair[0]) if best_pair else None}
+    records.atomic_write_bytes(folder / "trials.csv", df.to_csv(index=False, lineterminator="\n").encode())
+    records.atomic_write_bytes(folder / "score_vs_gamma.png", png)
+    records.atomic_write_json(folder / "best.json", summary)
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        cols = [c for c in ("number", "state", "gamma", "value", "top1", "entropy_bits") if c in df.columns]
+        print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if best_pair:
+        print(f"study {name}: {len(df)} trials; best γ = {best_pair[0]:.4g} ({ylabel} {best_pair[1]:.4f}, "
+              f"trial {best.number}) -> {folder}")
+        print(f"distill with it:\n  {summary['command']}", flush=True)
+    else:
+        print(f"study {name}: {len(df)} trials, none completed -> {folder}", flush=True)
+    return summary
