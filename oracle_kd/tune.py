@@ -230,18 +230,33 @@ def plot_scores(df: pd.DataFrame, best: tuple[float, float] | None, title: str, 
     return buf.getvalue()
 
 
+def _launch_overrides() -> list[str] | None:
+    """The command-line overrides of this launch (None outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # not launched through Hydra (a direct call from Python)
+        return None
+
+
 def distill_command(rc: RunConfig, gamma: float) -> str:
-    """The command that trains a student with the best γ (the γ only transfers with the same x* batch size
-    under gamma_reduction=mean: train.batch_size is set to the one it was tuned with)."""
-    parts = ["python run.py", f"dataset={rc.dataset.name}", f"teacher={rc.teacher.arch}",
-             f"student={rc.student.arch}", "method=oracle", f"method.gamma={gamma:.4g}",
+    """The command that trains a student with the best γ: this launch's own overrides (dataset, teacher,
+    recipe, hardware, ...) minus the tuning ones, plus method=oracle and the γ. The γ only transfers with
+    the same x* batch size under gamma_reduction=mean, so train.batch_size is set to the tuned one."""
+    overrides = _launch_overrides()
+    if overrides is None:
+        overrides = [f"dataset={rc.dataset.name}", f"teacher={rc.teacher.arch}", f"student={rc.student.arch}"]
+        if rc.teacher.checkpoint != "auto":
+            overrides.append(f"teacher.checkpoint={rc.teacher.checkpoint}")
+        if rc.teacher.train != "same":
+            overrides.append(f"teacher.train={rc.teacher.train}")
+        if rc.seed:
+            overrides.append(f"seed={rc.seed}")
+    skip = ("task", "tune", "analyze", "method", "store", "progress")
+    kept = [o for o in overrides if not o.lstrip("+~").split("=")[0].split(".")[0].split("@")[0] in skip]
+    parts = ["python run.py", *kept, "method=oracle", f"method.gamma={gamma:.4g}",
              f"method.gamma_reduction={rc.analyze.gamma_reduction}"]
-    if rc.teacher.checkpoint != "auto":
-        parts.append(f"teacher.checkpoint={rc.teacher.checkpoint}")
-    if rc.teacher.train != "same":
-        parts.append(f"teacher.train={rc.teacher.train}")
-    if rc.seed:
-        parts.append(f"seed={rc.seed}")
     if rc.tune.objective == "silhouette" and rc.analyze.gamma_reduction == "mean" \
             and rc.analyze.batch_size != rc.train.batch_size:
         parts.append(f"train.batch_size={rc.analyze.batch_size}")
