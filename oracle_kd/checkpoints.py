@@ -13,15 +13,32 @@ from oracle_kd.errors import CheckpointError
 WRAPPER_KEYS = ("model", "state_dict", "net")
 
 
+def _allowed_globals() -> list[Any]:
+    """What mdistiller/CRD checkpoints hold besides tensors: their `argparse.Namespace` of options and
+    numpy scalars (best accuracy, ...). Exactly these are admitted to weights_only loading, under both
+    numpy 1 (`numpy.core`) and numpy 2 (`numpy._core`) names; anything else is still refused."""
+    import argparse
+
+    import numpy as np
+
+    scalar = np.float64(0).__reduce__()[0]  # numpy's scalar reconstructor, whichever module it lives in
+    dtype_classes = {type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                                                  "uint32", "uint64", "float16", "float32", "float64")}
+    return [argparse.Namespace, np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"),
+            (scalar, "numpy._core.multiarray.scalar"), *sorted(dtype_classes, key=lambda c: c.__name__)]
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state_dict from a file: accepts `{"model"|"state_dict"|"net": ...}` wrappers and strips
-    DataParallel's `module.` prefixes. Always `weights_only=True`: a checkpoint never runs code."""
+    """A plain state_dict from a file: accepts `{"model"|"state_dict"|"net": ...}` wrappers (mdistiller,
+    CRD, torchvision weight files) and strips DataParallel's `module.` prefixes. Always
+    `weights_only=True`: a checkpoint never runs code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"teacher checkpoint {str(path.resolve())!r} does not exist; "
                               "give a state_dict file, or teacher.checkpoint=auto to use/train one in the store")
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_allowed_globals()):
+            obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: "
                               f"{' '.join(str(exc).split())[:300]}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,27 @@ def test_cifar100_real_format_runs_end_to_end_with_a_checkpoint_teacher(tmp_path
     assert result["teacher_info"]["source"] == str(teacher)
     assert result["semantic"]["teacher"]["source"] == "file" and len(result["semantic"]["teacher"]["sha256"]) == 64
     assert 0.0 <= result["last_top1"] <= 100.0
+
+
+def test_mdistiller_style_checkpoint_with_namespace_and_numpy_scalars_loads(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    src = build_model("resnet8", 10, 3)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"model": src.state_dict(), "opt": argparse.Namespace(lr=0.05, model="resnet8"),
+                "best_acc": np.float64(71.5), "epoch": np.int64(240)}, path)
+    dst = build_model("resnet8", 10, 3)
+    load_weights(dst, read_state_dict(path), source=str(path), arch="resnet8")
+    for k, v in src.state_dict().items():
+        assert torch.equal(v, dst.state_dict()[k]), k
+
+
+def test_other_globals_stay_refused(tmp_path):
+    from collections import Counter  # harmless, but not on the allow-list
+
+    path = tmp_path / "odd.pth"
+    torch.save({"model": build_model("resnet8", 10, 3).state_dict(), "extra": Counter(a=1), "f": Fraction(1, 3)}, path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        read_state_dict(path)
