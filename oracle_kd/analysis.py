@@ -228,6 +228,9 @@ def setup_oracle(rc: RunConfig) -> OracleSetup:
     identity = teacher_identity(rc)
     device = apply_hardware(rc)
     data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction)
+    if data.kind != "memory":
+        raise ConfigError(f"task=analyze reads in-memory datasets (digits, cifar10, cifar100); "
+                          f"{rc.dataset.name} is not supported yet")
     teacher, info = load_teacher(rc, data, device)
     freeze(teacher)
     split = data.train if rc.analyze.split == "train" else data.test

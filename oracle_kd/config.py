@@ -23,6 +23,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 TASKS = ("train", "plan", "tables", "analyze", "tune")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+STEMS = ("auto", "imagenet", "cifar")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class DatasetConfig:
     crop_pad: int = 4
     flip: bool = True
     test_fraction: float = 0.25  # digits only: the fixed held-out share
+    workers: int = 4  # folder datasets (Tiny-ImageNet, ImageNet): DataLoader worker processes
 
 
 @dataclass
@@ -45,11 +47,16 @@ class TeacherConfig:
     arch: str = "resnet56"
     checkpoint: str = "auto"
     train: str = "same"
+    stem: str = "auto"
 
 
 @dataclass
 class StudentConfig:
+    """stem (ResNet18/34/50/101 only): imagenet (7x7/2 + max-pool), cifar (3x3/1, no pool), or auto =
+    cifar for inputs of at most 64 px (Tiny-ImageNet), imagenet above."""
+
     arch: str = "resnet20"
+    stem: str = "auto"
 
 
 @dataclass
@@ -246,6 +253,9 @@ def validate(cfg: DictConfig) -> RunConfig:
     _choice("task", rc.task, TASKS)
     _choice("dataset.name", rc.dataset.name, available_datasets())
     _require(rc.dataset.crop_pad >= 0, "dataset.crop_pad", rc.dataset.crop_pad, "must be >= 0")
+    _require(rc.dataset.workers >= 0, "dataset.workers", rc.dataset.workers, "must be >= 0")
+    _choice("student.stem", rc.student.stem, STEMS)
+    _choice("teacher.stem", rc.teacher.stem, STEMS)
     _require(0 < rc.dataset.test_fraction < 1, "dataset.test_fraction", rc.dataset.test_fraction, "must be in (0, 1)")
     _choice("student.arch", rc.student.arch, available_models())
     _choice("teacher.arch", rc.teacher.arch, available_models())

@@ -34,11 +34,12 @@ def semantic_config(rc: Any, teacher_identity: dict[str, Any] | None) -> dict[st
     teacher, so a `ce` run is the same run whether launched by hand or as an auto teacher."""
     dataset = dataclasses.asdict(rc.dataset)
     dataset.pop("root")
+    dataset.pop("workers")
     if dataset["name"] != "digits":
         dataset.pop("test_fraction")
     return {
         "dataset": dataset,
-        "student": rc.student.arch,
+        "student": rc.student.arch if rc.student.stem == "auto" else dataclasses.asdict(rc.student),
         "teacher": teacher_identity,
         "method": dataclasses.asdict(rc.method),
         "train": dataclasses.asdict(rc.train),

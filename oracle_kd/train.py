@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from oracle_kd import records
 from oracle_kd.checkpoints import load_weights, read_state_dict
 from oracle_kd.config import RunConfig, StudentConfig, TrainConfig, load_train_preset
-from oracle_kd.data import BatchLoader, DataBundle, load_dataset
+from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, load_dataset
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import build_distiller, method_entry
 from oracle_kd.models import build_model
@@ -77,7 +77,7 @@ def teacher_run_config(rc: RunConfig) -> RunConfig:
     from oracle_kd.methods.ce import CEConfig
 
     train = rc.train if rc.teacher.train == "same" else load_train_preset(rc.teacher.train)
-    return dataclasses.replace(rc, student=StudentConfig(arch=rc.teacher.arch), method=CEConfig(), train=train,
+    return dataclasses.replace(rc, student=StudentConfig(arch=rc.teacher.arch, stem=rc.teacher.stem), method=CEConfig(), train=train,
                                stop_after_epoch=None)
 
 
@@ -88,13 +88,15 @@ def identify(rc: RunConfig) -> tuple[dict[str, Any], str, Path]:
     if needs_teacher(rc):
         if rc.teacher.checkpoint == "auto":
             _, trid, _ = identify(teacher_run_config(rc))
-            teacher_identity = {"arch": rc.teacher.arch, "source": "auto", "run_id": trid}
+            teacher_identity = {"arch": rc.teacher.arch, "source": "auto", "run_id": trid}  # run_id covers stem
         else:
             path = Path(rc.teacher.checkpoint)
             if not path.is_file():
                 raise ConfigError(f"teacher.checkpoint={rc.teacher.checkpoint!r}: no such file "
                                   f"({path.resolve()}); give a checkpoint path or teacher.checkpoint=auto")
             teacher_identity = {"arch": rc.teacher.arch, "source": "file", "sha256": records.file_sha256(path)}
+            if rc.teacher.stem != "auto":
+                teacher_identity["stem"] = rc.teacher.stem
     semantic = records.semantic_config(rc, teacher_identity)
     rid = records.run_id(semantic)
     return semantic, rid, records.run_dir(rc.store, rc, rid)
@@ -113,7 +115,8 @@ def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tuple
         path, source = tdir / records.MODEL, f"run {trid}"
     else:
         path, source, tresult = Path(rc.teacher.checkpoint), rc.teacher.checkpoint, None
-    teacher = build_model(rc.teacher.arch, data.num_classes, data.in_channels)
+    teacher = build_model(rc.teacher.arch, data.num_classes, data.in_channels, image_size=data.image_size,
+                          stem=rc.teacher.stem)
     load_weights(teacher, read_state_dict(path), source=source, arch=rc.teacher.arch)
     info = {"arch": rc.teacher.arch, "source": source,
             "train_best_top1": tresult["best_top1"] if tresult else None}
@@ -122,7 +125,7 @@ def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tuple
 
 # ----------------------------------------------------------------------------- loops
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, amp: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: BatchLoader | FolderLoader, amp: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
     """Top-1, top-5 (top-k with k = min(5, classes)) in % and mean CE on a test loader."""
     was_training = model.training
     model.eval()
@@ -229,16 +232,17 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
     teacher, teacher_info = load_teacher(rc, data, device) if needs_teacher(rc) else (None, None)
 
     seed_everything(rc.seed)
-    student = prepare_model(build_model(rc.student.arch, data.num_classes, data.in_channels), device, rc)
+    student = prepare_model(build_model(rc.student.arch, data.num_classes, data.in_channels,
+                                        image_size=data.image_size, stem=rc.student.stem), device, rc)
     input_shape = (data.in_channels, data.image_size, data.image_size)
     distiller = build_distiller(rc.method, student, teacher, input_shape).to(device)
     t = rc.train
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov)
-    loader_kw = dict(mean=data.mean, std=data.std, device=device, channels_last=rc.hardware.channels_last)
-    train_loader = BatchLoader(data.train, batch_size=t.batch_size, train=True, pad=rc.dataset.crop_pad,
-                               flip=rc.dataset.flip, seed=rc.seed, drop_last=t.drop_last, **loader_kw)
-    test_loader = BatchLoader(data.test, batch_size=t.eval_batch_size, train=False, **loader_kw)
+    loader_kw = dict(seed=rc.seed, device=device, channels_last=rc.hardware.channels_last, workers=rc.dataset.workers)
+    train_loader = build_loader(data, "train", batch_size=t.batch_size, pad=rc.dataset.crop_pad, flip=rc.dataset.flip,
+                                drop_last=t.drop_last, **loader_kw)
+    test_loader = build_loader(data, "test", batch_size=t.eval_batch_size, **loader_kw)
 
     full_config = dataclasses.asdict(rc)
     records.atomic_write_json(folder / records.CONFIG, {"run_id": rid, "semantic": semantic, "config": full_config})

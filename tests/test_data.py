@@ -37,7 +37,7 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 # ---------------------------------------------------------------- registry / digits
 
 def test_registry_lists_and_rejects_unknown(tmp_path):
-    assert available_datasets() == ["cifar10", "cifar100", "digits"]
+    assert available_datasets() == ["cifar10", "cifar100", "digits", "imagenet", "tiny_imagenet"]
     with pytest.raises(ConfigError, match="mnist"):
         load_dataset("mnist", tmp_path)
 

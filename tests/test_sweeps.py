@@ -20,7 +20,7 @@ SWEEP = ["--config-dir", str(ROOT / "sweeps"), "--config-name"]
 # Hydra composes each job twice (~0.2 s each), so the big grids are cut down by one override here;
 # every method and dataset of them still composes in one of the cases.
 PRESETS = [("quick", [], 7), ("teachers", [], 8), ("table4", ["dataset=cifar100"], 24),
-           ("fig5_pairs", ["method=oracle_paper"], 16), ("gamma_grid", [], 12)]
+           ("fig5_pairs", ["method=oracle_paper"], 16), ("gamma_grid", [], 12), ("table5", [], 24)]
 
 
 @pytest.mark.parametrize("preset, extra, jobs", PRESETS)
@@ -170,3 +170,18 @@ def test_oracle_teacher_table_sits_beside_the_papers_numbers(tmp_path):
     assert t.loc[0.0, "paper_silhouette_fine_tsne_train"] == 0.045
     assert t.loc[1.0, "paper_silhouette_fine_tsne_train"] == 0.277
     assert t.loc[1.0, "paper_entropy_bits_oracle"] == 0.37
+
+
+def test_table5_preset_runs_to_the_aggregator_on_tiny_trees(tmp_path):
+    from imagefolder_fixtures import write_tiny_imagenet
+
+    write_tiny_imagenet(tmp_path / "data", classes=3, per_class=4, val_per_class=2)
+    store = tmp_path / "runs"
+    assert main(["-m", *SWEEP, "table5", f"store={store}", f"dataset.root={tmp_path / 'data'}", "dataset.workers=0",
+                 "teacher=resnet18", "student=resnet18", "method=kd,oracle", "train.epochs=1", "train.batch_size=6",
+                 "train.eval_batch_size=6", "progress=false", "hardware=cpu"]) == 0
+    assert main([f"store={store}", f"results_dir={tmp_path}/results", "task=tables"]) == 0
+    t5 = pd.read_csv(tmp_path / "results" / "table5.csv")
+    assert list(t5["method"]) == ["teacher", "kd", "oracle"]
+    assert set(t5["dataset"]) == {"tiny_imagenet"} and set(t5["n_seeds"]) == {1}
+    assert t5.set_index("method").loc["oracle", "paper_top1"] == 66.25

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Literal, Sequence
 
 import torch
 
 from oracle_kd.data.augment import augment_batch, normalize
-from oracle_kd.data.types import ImageSet
+from oracle_kd.data.types import DataBundle, ImageSet
+
+if TYPE_CHECKING:  # imagefolder imports this module (for _EPOCH_STRIDE); build_loader imports it lazily
+    from oracle_kd.data.imagefolder import FolderLoader
 
 _EPOCH_STRIDE = 1_000_003  # prime; (seed, epoch) pairs map to distinct generator seeds for any realistic epoch count
 
@@ -67,3 +70,27 @@ class BatchLoader:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
+
+
+def build_loader(bundle: DataBundle, split: Literal["train", "test"], *, batch_size: int, seed: int,
+                 device: str | torch.device, channels_last: bool = False, drop_last: bool = False, pad: int = 0,
+                 flip: bool = False, workers: int = 4) -> BatchLoader | FolderLoader:
+    """The loader for one split of any bundle, so the runner need not know how a dataset is stored.
+
+    "train" shuffles and augments (pad/flip; for ImageNet-style bundles RandomResizedCrop + flip, pad
+    unused) and honours drop_last. "test" is in order with no augmentation and always keeps the last
+    partial batch, so evaluation sees every image. `workers` applies to folder bundles only.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"build_loader: split must be 'train' or 'test', got {split!r}")
+    train = split == "train"
+    data = bundle.train if train else bundle.test
+    kw = dict(batch_size=batch_size, train=train, mean=bundle.mean, std=bundle.std, device=device,
+              channels_last=channels_last)
+    if train:
+        kw.update(pad=pad, flip=flip, seed=seed, drop_last=drop_last)
+    if bundle.kind == "memory":
+        return BatchLoader(data, **kw)
+    from oracle_kd.data.imagefolder import FolderLoader
+
+    return FolderLoader(data, transforms=bundle.transforms, workers=workers, **kw)

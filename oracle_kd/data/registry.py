@@ -8,6 +8,7 @@ from typing import Callable
 from oracle_kd.errors import ConfigError
 from oracle_kd.data.cifar import load_cifar10, load_cifar100
 from oracle_kd.data.digits import load_digits_bundle
+from oracle_kd.data.imagefolder import load_imagenet, load_tiny_imagenet
 from oracle_kd.data.types import DataBundle
 
 Loader = Callable[..., DataBundle]  # (root, *, seed, test_fraction) -> DataBundle
@@ -16,6 +17,8 @@ _LOADERS: dict[str, Loader] = {
     "digits": load_digits_bundle,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
+    "tiny_imagenet": load_tiny_imagenet,
+    "imagenet": load_imagenet,
 }
 
 
@@ -24,7 +27,7 @@ def available_datasets() -> list[str]:
 
 
 def load_dataset(name: str, root: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -> DataBundle:
-    """Load a dataset's train/test splits to CPU uint8 tensors.
+    """Load a dataset's train/test splits: CPU uint8 tensors (kind "memory") or file lists (kind "folder").
 
     Raises ConfigError for an unknown name, DatasetError (one line) for missing/malformed/unsafe files.
     """

@@ -95,7 +95,9 @@ class CifarResNet(nn.Module):
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
     @register_model(name)
-    def _factory(num_classes: int, in_channels: int) -> CifarResNet:
+    def _factory(num_classes: int, in_channels: int, image_size: int | None = None, stem: str = "auto") -> CifarResNet:
+        # image_size/stem are accepted so callers can pass them for every family; a CIFAR ResNet's
+        # 3x3 stem and adaptive pooling already fit any input of at least 8 px, so they change nothing.
         return CifarResNet(depth, num_classes, in_channels, widths)
 
     _factory.__name__ = name

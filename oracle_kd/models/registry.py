@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from oracle_kd.errors import ConfigError
 
-ModelFactory = Callable[[int, int], nn.Module]
-"""A factory ``f(num_classes, in_channels) -> nn.Module``."""
+ModelFactory = Callable[..., nn.Module]
+"""A factory ``f(num_classes, in_channels, **options) -> nn.Module``; its keyword parameters after the
+first two are the options it accepts (e.g. ``image_size``, ``stem``)."""
 
 _REGISTRY: dict[str, ModelFactory] = {}
 
@@ -36,9 +39,29 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY, key=_natural_key)
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build a freshly initialised model; an unknown name is a one-line ``ConfigError``."""
+def model_options(name: str) -> list[str]:
+    """The options ``name``'s factory accepts, read from its signature so a family declares them once."""
+    params = list(inspect.signature(_factory(name)).parameters.values())[2:]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _factory(name: str) -> ModelFactory:
     factory = _REGISTRY.get(name)
     if factory is None:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
-    return factory(num_classes, in_channels)
+    return factory
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, **options: Any) -> nn.Module:
+    """Build a freshly initialised model, forwarding ``options`` (e.g. ``image_size=64``) to its factory.
+
+    An unknown name or an option the family does not take is a one-line ``ConfigError`` rather than a
+    TypeError from deep inside a factory.
+    """
+    factory = _factory(name)
+    accepted = model_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"model {name!r} does not take option(s) {', '.join(unknown)}; "
+                          f"it takes: {', '.join(accepted) or 'none'}")
+    return factory(num_classes, in_channels, **options)
