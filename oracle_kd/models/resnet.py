@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.errors import ConfigError
-from oracle_kd.models.cifar_resnet import BasicBlock  # identical to torchvision's BasicBlock
+from oracle_kd.models.cifar_resnet import BasicBlock, projection_shortcut  # BasicBlock: as torchvision's
 from oracle_kd.models.features import Features
 from oracle_kd.models.registry import register_model
 
@@ -42,11 +42,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_planes != out_planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes)
-            )
+        self.downsample = projection_shortcut(in_planes, out_planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
