@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from hydra.errors import HydraException
 
+        if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
+            return _report(exc)  # Hydra's own flag check (e.g. -m with --cfg): say it in one line
         if not isinstance(exc, HydraException):
             raise
         return _report(exc)

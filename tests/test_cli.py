@@ -58,3 +58,8 @@ def test_mismatched_teacher_checkpoint_is_one_line(capsys, tmp_path):
 def test_missing_teacher_checkpoint_is_one_line(capsys, tmp_path):
     line = error_line(capsys, [*TINY, "method=kd", f"teacher.checkpoint={tmp_path}/none.pth"], tmp_path)
     assert "teacher.checkpoint=" in line and "no such file" in line
+
+
+def test_conflicting_hydra_flags_are_one_line(capsys, tmp_path):
+    line = error_line(capsys, ["-m", "--cfg", "job"], tmp_path)
+    assert "Only one of --run, --multirun" in line
