@@ -26,6 +26,30 @@ def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Modu
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
+def init_resnet_weights(model: nn.Module) -> None:
+    """He et al. / torchvision init: kaiming-normal (fan_out) convs, BN weight 1 bias 0; fc keeps the default."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def run_stages(stem_out: torch.Tensor, layers: tuple[nn.Sequential, ...], fc: nn.Linear) -> tuple[torch.Tensor, Features]:
+    """The residual stages after a stem, collecting the Features contract: stem + stage outputs, every block's
+    output, and the pooled vector fed to fc. Shared by both ResNet families so the contract is defined once."""
+    out = stem_out
+    stages, blocks = [out], []
+    for layer in layers:
+        for block in layer:
+            out = block(out)
+            blocks.append(out)
+        stages.append(out)
+    pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+    return fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs plus a shortcut; a 1x1 projection only where the shape changes (option B)."""
 
@@ -75,25 +99,11 @@ class CifarResNet(nn.Module):
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.fc = nn.Linear(in_planes, num_classes)
-
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the intermediate features that distillation methods consume."""
-        out = F.relu(self.bn1(self.conv1(x)))
-        stages, blocks = [out], []
-        for layer in (self.layer1, self.layer2, self.layer3):
-            for block in layer:
-                out = block(out)
-                blocks.append(out)
-            stages.append(out)
-        pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        return self.fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+        return run_stages(F.relu(self.bn1(self.conv1(x))), (self.layer1, self.layer2, self.layer3), self.fc)
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

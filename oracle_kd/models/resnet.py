@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.errors import ConfigError
-from oracle_kd.models.cifar_resnet import BasicBlock, projection_shortcut  # BasicBlock: as torchvision's
+from oracle_kd.models.cifar_resnet import BasicBlock, init_resnet_weights, projection_shortcut, run_stages  # BasicBlock: as torchvision's
 from oracle_kd.models.features import Features
 from oracle_kd.models.registry import register_model
 
@@ -101,26 +101,12 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(in_planes, num_classes)
-
-        # torchvision's init (fc keeps PyTorch's default), so fresh models train as torchvision's do
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_resnet_weights(self)  # torchvision's init, so fresh models train as torchvision's do
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the features distillation methods consume (stem output = after max-pool)."""
-        out = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        stages, blocks = [out], []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            for block in layer:
-                out = block(out)
-                blocks.append(out)
-            stages.append(out)
-        pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        return self.fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+        stem = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        return run_stages(stem, (self.layer1, self.layer2, self.layer3, self.layer4), self.fc)
 
 
 ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
