@@ -14,7 +14,7 @@ import random
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -145,6 +145,23 @@ def evaluate(model: nn.Module, loader: BatchLoader | FolderLoader, amp: contextl
         n += y.numel()
     model.train(was_training)
     return {"top1": 100.0 * c1.item() / n, "top5": 100.0 * c5.item() / n, "loss": loss.item() / n}
+
+
+def train_step(forward_train: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
+               optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epoch: int,
+               amp: contextlib.AbstractContextManager, loss_scale: float = 1.0,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step, exactly as the runner takes it (the benchmark times this very function).
+
+    Returns (student logits, loss terms, total loss), all still on the device: nothing here waits for
+    the device. `loss_scale` multiplies the loss before backward (DDP uses it for uneven shards)."""
+    with amp:
+        logits, losses = forward_train(x, y, epoch)
+    loss = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
+    optimizer.step()
+    return logits, losses, loss
 
 
 def lr_at(t: TrainConfig, epoch: int, progress: float = 1.0) -> float:
@@ -286,12 +303,7 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
             if warming:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(t, epoch, (step + 1) / steps)
-            with amp:
-                logits, losses = distiller.forward_train(x, y, epoch)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            logits, losses, loss = train_step(distiller.forward_train, optimizer, x, y, epoch, amp)
             with torch.no_grad():  # accumulate on the device: no per-step host synchronisation
                 b = y.numel()
                 for k, v in losses.items():
