@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     import hydra
 
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if not OmegaConf.has_resolver("rank_suffix"):  # torchrun ranks > 0 log to their own Hydra folder
+        OmegaConf.register_new_resolver("rank_suffix", lambda: "" if os.environ.get("RANK", "0") == "0"
+                                        else f"-rank{os.environ['RANK']}")
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
 

@@ -87,6 +87,8 @@ class HardwareConfig:
     compile: bool = False
     cudnn_benchmark: bool = False
     threads: Optional[int] = None
+    ddp: bool = False  # DistributedDataParallel; also on whenever torchrun starts several processes
+    sync_bn: bool = True  # under DDP: BatchNorm statistics over the global batch (= the single-process run)
 
 
 @dataclass

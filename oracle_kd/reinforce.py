@@ -17,12 +17,13 @@ REDUCTIONS = ("mean", "sum")
 
 
 def reinforce(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: float,
-              reduction: str = "mean", rec_num: int = 1) -> torch.Tensor:
+              reduction: str = "mean", rec_num: int = 1, mean_over: int | None = None) -> torch.Tensor:
     """Return x* (detached) for a teacher in eval mode.
 
     reduction="mean" (the released code) differentiates the batch-mean CE, so each sample moves by
     γ/B; "sum" differentiates the per-sample sum, which makes γ independent of the batch size.
-    rec_num > 1 repeats the step from the previous, detached x*.
+    rec_num > 1 repeats the step from the previous, detached x*. `mean_over` (DDP: the global batch
+    size when x is one rank's shard) is the B of the mean, so a shard moves exactly as in one process.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -33,7 +34,10 @@ def reinforce(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, gamma: fl
         x_in = x_cur.requires_grad_(True)
         with torch.enable_grad():
             logits, _ = teacher(x_in)
-            loss = F.cross_entropy(logits.float(), y, reduction=reduction)
+            if reduction == "mean" and mean_over is not None and mean_over != y.numel():
+                loss = F.cross_entropy(logits.float(), y, reduction="sum") / mean_over
+            else:
+                loss = F.cross_entropy(logits.float(), y, reduction=reduction)
             (grad,) = torch.autograd.grad(loss, x_in)
         x_cur = (x_in - gamma * x_in.abs() * grad).detach()
     return x_cur

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from oracle_kd import records
+from oracle_kd import distributed, records
 from oracle_kd.checkpoints import load_weights, read_state_dict
 from oracle_kd.config import RunConfig, StudentConfig, TrainConfig, load_train_preset
 from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, load_dataset
@@ -37,7 +37,7 @@ log = logging.getLogger("oracle_kd")
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("hardware.device=cuda but no CUDA device is visible; use hardware=cpu or hardware.device=auto")
     return torch.device(name)
 
@@ -49,9 +49,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-def apply_hardware(rc: RunConfig) -> torch.device:
+def apply_hardware(rc: RunConfig, device_name: str | None = None) -> torch.device:
+    """Threads and cuDNN settings; the device (`device_name` overrides hardware.device: a DDP rank's GPU)."""
     hw = rc.hardware
-    device = resolve_device(hw.device)
+    device = resolve_device(device_name or hw.device)
     if hw.threads:
         torch.set_num_threads(hw.threads)
     torch.backends.cudnn.benchmark = hw.cudnn_benchmark
@@ -125,15 +126,17 @@ def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tuple
 
 # ----------------------------------------------------------------------------- loops
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader | FolderLoader, amp: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
-    """Top-1, top-5 (top-k with k = min(5, classes)) in % and mean CE on a test loader."""
+def evaluate(model: nn.Module, loader: BatchLoader | FolderLoader, amp: contextlib.AbstractContextManager | None = None,
+             env: distributed.DistEnv = distributed.DistEnv()) -> dict[str, float]:
+    """Top-1, top-5 (top-k with k = min(5, classes)) in % and mean CE on a test loader; under DDP each
+    rank evaluates its share of the split and the counts are summed."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     c1 = torch.zeros((), device=device)
     c5 = torch.zeros((), device=device)
     loss = torch.zeros((), device=device)
-    n = 0
+    n = torch.zeros((), device=device)
     for x, y in loader.epoch(0):
         with amp or contextlib.nullcontext():
             logits, _ = model(x)
@@ -144,7 +147,8 @@ def evaluate(model: nn.Module, loader: BatchLoader | FolderLoader, amp: contextl
         c5 += (top == y[:, None]).any(dim=1).sum()
         n += y.numel()
     model.train(was_training)
-    return {"top1": 100.0 * c1.item() / n, "top5": 100.0 * c5.item() / n, "loss": loss.item() / n}
+    c1, c5, loss, n = distributed.all_reduce_sum(torch.stack([c1, c5, loss, n]), env).tolist()
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n}
 
 
 def train_step(forward_train: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]],
@@ -232,18 +236,28 @@ def run(rc: RunConfig) -> dict[str, Any]:
     A finished run returns its stored result without training; an unfinished one resumes from last.pt.
     With stop_after_epoch the launch ends early and returns {"status": "stopped", ...}.
     """
+    env, device_name = distributed.setup(rc.hardware.ddp, rc.hardware.device)
     semantic, rid, folder = identify(rc)
-    with records.run_lock(folder, on_wait=lambda: log.info("run %s is being trained by another process: waiting", rid)):
+    lock = (records.run_lock(folder, on_wait=lambda: log.info("run %s is being trained by another process: waiting", rid))
+            if env.is_main else contextlib.nullcontext())  # DDP: rank 0 holds the lock for all ranks
+    with lock:
+        distributed.barrier(env)  # every rank now sees the folder as rank 0 found it
         if (folder / records.RESULT).exists():
             result = records.read_json(folder / records.RESULT)
             log.info("run %s (%s %s) is already finished: best top-1 %.2f, last %.2f — not training again",
                      rid, rc.method.name, rc.student.arch, result["best_top1"], result["last_top1"])
             return result
-        return _train(rc, semantic, rid, folder)
+        result = _train(rc, semantic, rid, folder, env, device_name)
+        distributed.barrier(env)  # rank 0 has written the record before anyone moves on
+        return result
 
 
-def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> dict[str, Any]:
-    device = apply_hardware(rc)
+def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path, env: distributed.DistEnv,
+           device_name: str) -> dict[str, Any]:
+    """The training loop. Under DDP every rank runs it on its shard of each global batch; only rank 0
+    (`main`) writes to the run folder."""
+    main = env.is_main
+    device = apply_hardware(rc, device_name)
     amp = autocast(device, rc.hardware.precision)
     data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction)
     teacher, teacher_info = load_teacher(rc, data, device) if needs_teacher(rc) else (None, None)
@@ -253,18 +267,21 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
                                         image_size=data.image_size, stem=rc.student.stem), device, rc)
     input_shape = (data.in_channels, data.image_size, data.image_size)
     distiller = build_distiller(rc.method, student, teacher, input_shape).to(device)
+    forward_train = distributed.wrap_for_training(distiller, env, device, sync_bn=rc.hardware.sync_bn)
     t = rc.train
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=t.lr, momentum=t.momentum,
                                 weight_decay=t.weight_decay, nesterov=t.nesterov)
-    loader_kw = dict(seed=rc.seed, device=device, channels_last=rc.hardware.channels_last, workers=rc.dataset.workers)
+    loader_kw = dict(seed=rc.seed, device=device, channels_last=rc.hardware.channels_last, workers=rc.dataset.workers,
+                     shard=env.shard)
     train_loader = build_loader(data, "train", batch_size=t.batch_size, pad=rc.dataset.crop_pad, flip=rc.dataset.flip,
                                 drop_last=t.drop_last, **loader_kw)
     test_loader = build_loader(data, "test", batch_size=t.eval_batch_size, **loader_kw)
 
     full_config = dataclasses.asdict(rc)
-    records.atomic_write_json(folder / records.CONFIG, {"run_id": rid, "semantic": semantic, "config": full_config})
+    if main:
+        records.atomic_write_json(folder / records.CONFIG, {"run_id": rid, "semantic": semantic, "config": full_config})
     if teacher is not None:
-        teacher_info["test"] = evaluate(teacher, test_loader, amp)
+        teacher_info["test"] = evaluate(teacher, test_loader, amp, env)
 
     state: dict[str, Any] = {"epoch": 0, "best_top1": -1.0, "best_top5": 0.0, "best_epoch": 0,
                              "wall_time_s": 0.0, "train_time_s": 0.0, "train_images": 0}
@@ -275,17 +292,19 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"])
         state = ckpt["state"]
-        rows = [r for r in records.read_metrics(folder / records.METRICS) if r["epoch"] <= state["epoch"]]
-        records.write_metrics(folder / records.METRICS, rows)
+        if main:
+            rows = [r for r in records.read_metrics(folder / records.METRICS) if r["epoch"] <= state["epoch"]]
+            records.write_metrics(folder / records.METRICS, rows)
         log.info("resuming run %s from epoch %d/%d", rid, state["epoch"], t.epochs)
-    elif (folder / records.METRICS).exists():
+    elif main and (folder / records.METRICS).exists():
         (folder / records.METRICS).unlink()  # rows of a launch that died before its first checkpoint
 
     teacher_name = rc.teacher.arch if teacher is not None else "none"
-    log.info("run %s: %s %s->%s on %s, seed %d, %d epochs, %s -> %s", rid, rc.method.name, teacher_name,
-             rc.student.arch, rc.dataset.name, rc.seed, t.epochs, device, folder)
+    log.info("run %s: %s %s->%s on %s, seed %d, %d epochs, %s%s -> %s", rid, rc.method.name, teacher_name,
+             rc.student.arch, rc.dataset.name, rc.seed, t.epochs, device,
+             f" x {env.world_size} ranks (DDP)" if env.active else "", folder)
     steps = len(train_loader)
-    bar = tqdm(total=t.epochs * steps, initial=state["epoch"] * steps, disable=not rc.progress, mininterval=1.0,
+    bar = tqdm(total=t.epochs * steps, initial=state["epoch"] * steps, disable=not (rc.progress and main), mininterval=1.0,
                desc=f"{rc.method.name} {teacher_name}->{rc.student.arch} s{rc.seed}", unit="step", dynamic_ncols=True)
     launch_start = time.perf_counter()
     last_eval: dict[str, float] = {}
@@ -303,19 +322,24 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
             if warming:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(t, epoch, (step + 1) / steps)
-            logits, losses, loss = train_step(distiller.forward_train, optimizer, x, y, epoch, amp)
+            b, scale = y.numel(), 1.0
+            if env.active:  # a shard: DDP averages over ranks, so weight it by its share of the global batch
+                distiller.global_batch_size = train_loader.global_batch_size(step)
+                scale = b * env.world_size / distiller.global_batch_size
+            logits, losses, loss = train_step(forward_train, optimizer, x, y, epoch, amp, scale)
             with torch.no_grad():  # accumulate on the device: no per-step host synchronisation
-                b = y.numel()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0) + v.detach().float() * b
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float() * b
                 correct += (logits.argmax(dim=1) == y).sum()
-            seen += y.numel()
+            seen += distiller.global_batch_size or b
             bar.update(1)
-        train_metrics = {f"train_{k}": v.item() / seen for k, v in sums.items()}
-        train_metrics["train_top1"] = 100.0 * correct.item() / seen
+        names = list(sums)
+        totals = distributed.all_reduce_sum(torch.stack([*(sums[k] for k in names), correct.float()]), env).tolist()
+        train_metrics = {f"train_{k}": v / seen for k, v in zip(names, totals)}
+        train_metrics["train_top1"] = 100.0 * totals[-1] / seen
         train_time = time.perf_counter() - epoch_start
-        last_eval = evaluate(distiller.student, test_loader, amp)
+        last_eval = evaluate(distiller.student, test_loader, amp, env)
         state["train_time_s"] += train_time
         state["train_images"] += seen
         if last_eval["top1"] > state["best_top1"]:
@@ -324,9 +348,10 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
         state["wall_time_s"] += time.perf_counter() - epoch_start
         row = {"epoch": epoch, "lr": lr, **train_metrics, "test_top1": last_eval["top1"],
                "test_top5": last_eval["top5"], "test_loss": last_eval["loss"], "epoch_time_s": train_time}
-        records.append_metrics(folder / records.METRICS, row)
-        records.atomic_torch_save(ckpt_path, {"model": distiller.trainable_state_dict(), "optimizer": optimizer.state_dict(),
-                                              "schedule": {"epoch": epoch, "lr": lr}, "rng": _rng_state(), "state": state})
+        if main:
+            records.append_metrics(folder / records.METRICS, row)
+            records.atomic_torch_save(ckpt_path, {"model": distiller.trainable_state_dict(), "optimizer": optimizer.state_dict(),
+                                                  "schedule": {"epoch": epoch, "lr": lr}, "rng": _rng_state(), "state": state})
         bar.set_postfix(loss=f"{train_metrics['train_loss']:.3f}", test=f"{last_eval['top1']:.2f}",
                         best=f"{state['best_top1']:.2f}", refresh=False)
         if rc.stop_after_epoch is not None and epoch >= rc.stop_after_epoch and epoch < t.epochs:
@@ -336,8 +361,9 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
     bar.close()
 
     if not last_eval:  # a relaunch that found every epoch done but no result (died while finishing)
-        last_eval = evaluate(distiller.student, test_loader, amp)
-    records.atomic_torch_save(folder / records.MODEL, distiller.student.state_dict())
+        last_eval = evaluate(distiller.student, test_loader, amp, env)
+    if main:
+        records.atomic_torch_save(folder / records.MODEL, distiller.student.state_dict())
     result = {
         "run_id": rid, "status": "finished", "folder": str(folder),
         "dataset": rc.dataset.name, "method": rc.method.name, "student": rc.student.arch,
@@ -347,10 +373,12 @@ def _train(rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path) -> d
         "epochs": t.epochs, "wall_time_s": state["wall_time_s"], "extra_params": distiller.extra_parameter_count(),
         "train_images_per_s": state["train_images"] / max(state["train_time_s"], 1e-9),
         "teacher_info": teacher_info, "semantic": semantic, "config": full_config,
-        "device": str(device), "torch_version": torch.__version__,
+        "device": str(device), "world_size": env.world_size,
+        "sync_bn": rc.hardware.sync_bn if env.active else None, "torch_version": torch.__version__,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    records.atomic_write_json(folder / records.RESULT, result)
+    if main:
+        records.atomic_write_json(folder / records.RESULT, result)
     log.info("run %s finished: best top-1 %.2f (epoch %d), last %.2f, %.0f images/s, %.0f s in this launch",
              rid, result["best_top1"], result["best_epoch"], result["last_top1"], result["train_images_per_s"],
              time.perf_counter() - launch_start)

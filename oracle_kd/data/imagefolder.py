@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from oracle_kd.data.augment import normalize
-from oracle_kd.data.loader import _EPOCH_STRIDE
+from oracle_kd.data.loader import _EPOCH_STRIDE, Batching
 from oracle_kd.data.types import DataBundle, FileSet, FolderTransforms
 from oracle_kd.errors import DatasetError
 
@@ -278,24 +278,22 @@ class FolderDataset(Dataset):
         return x.contiguous(), int(self.labels[i])
 
 
-class _EpochSampler(Sampler):
-    """Yields the current epoch's (index, augmentation seed) pairs; lives in the main process, so setting
-    a new epoch reaches persistent workers through the index queue."""
+class _EpochBatches(Sampler):
+    """Yields the current epoch's batches as lists of (index, augmentation seed) pairs; lives in the main
+    process, so setting a new epoch reaches persistent workers through the index queue."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.order = torch.arange(n)
-        self.seeds = torch.zeros(n, dtype=torch.int64)
+    def __init__(self) -> None:
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def set(self, order: torch.Tensor, seeds: torch.Tensor) -> None:
-        self.order, self.seeds = order, seeds
+    def set(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.batches = batches
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.batches)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        for lo in range(0, self.n, 8192):  # chunks: no 1.28M-element Python lists per epoch
-            yield from zip(self.order[lo:lo + 8192].tolist(), self.seeds[lo:lo + 8192].tolist())
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for idx, seeds in self.batches:
+            yield list(zip(idx.tolist(), seeds.tolist()))
 
 
 def _one_line(exc: DatasetError) -> DatasetError:
@@ -306,43 +304,33 @@ def _one_line(exc: DatasetError) -> DatasetError:
     return DatasetError(lines[-1].split("DatasetError: ", 1)[-1])
 
 
-class FolderLoader:
+class FolderLoader(Batching):
     """BatchLoader's interface over a FileSet: yields (x float32 normalized, y int64) batches on `device`.
 
     Train: a fresh shuffle and fresh per-sample augmentation each epoch, a pure function of (seed, epoch).
     Test: file order, deterministic eval transform. `workers` decode in parallel (0 = in this process).
+    `shard=(rank, world)` as in `Batching` (DDP).
     """
 
     def __init__(self, data: FileSet, *, batch_size: int, train: bool, mean: Sequence[float],
                  std: Sequence[float], transforms: FolderTransforms, pad: int = 0, flip: bool = False,
                  device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, workers: int = 4) -> None:
-        if batch_size < 1:
-            raise ValueError(f"FolderLoader: batch_size must be >= 1, got {batch_size}")
+                 channels_last: bool = False, workers: int = 4, shard: tuple[int, int] = (0, 1)) -> None:
+        self._init_batching(len(data), batch_size, train, drop_last, shard)
         if workers < 0:
             raise ValueError(f"FolderLoader: workers must be >= 0, got {workers}")
         self.device = torch.device(device)
-        self.num_samples = len(data)
-        self.batch_size = int(batch_size)
-        self.train = bool(train)
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = int(seed)
-        self.drop_last = bool(drop_last)
         self.channels_last = bool(channels_last)
         self.workers = int(workers)
         self.dataset = FolderDataset(data, transforms, train=train, pad=pad, flip=flip)
-        self.sampler = _EpochSampler(self.num_samples)
+        self.sampler = _EpochBatches()
         g = torch.Generator()
         g.manual_seed(self.seed)  # only DataLoader's worker base seed; our draws come from the sampler's seeds
-        self.loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                                 drop_last=self.drop_last, num_workers=self.workers,
+        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=self.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
                                  generator=g)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
 
     def generator(self, epoch: int) -> torch.Generator:
         """The epoch's order and per-sample seeds; on the CPU, so CPU and CUDA runs see the same batches."""
@@ -351,13 +339,21 @@ class FolderLoader:
         return g
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.num_samples
+        batches = []
         if self.train:
             g = self.generator(epoch)
-            order = torch.randperm(n, generator=g)
-            self.sampler.set(order, torch.randint(0, 1 << 62, (n,), generator=g))
+            order = torch.randperm(self.num_samples, generator=g)
+            seeds = torch.randint(0, 1 << 62, (self.num_samples,), generator=g)
+            for b in range(len(self)):
+                lo, hi = self.batch_bounds(b)
+                part = self.my_part(hi - lo)
+                batches.append((order[lo:hi][part], seeds[lo:hi][part]))
         else:
-            self.sampler.set(torch.arange(n), torch.zeros(n, dtype=torch.int64))
+            first = self.local_range.start
+            for b in range(len(self)):
+                lo, hi = self.batch_bounds(b)
+                batches.append((torch.arange(first + lo, first + hi), torch.zeros(hi - lo, dtype=torch.int64)))
+        self.sampler.set(batches)
         try:
             for x, y in self.loader:
                 x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std)

@@ -79,6 +79,9 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
     """
 
     needs_teacher: ClassVar[bool] = True
+    # Under DDP a batch is one rank's shard; the runner sets the global batch size here so that a method
+    # whose loss is *not* a per-sample mean (Oracle's Step A with gamma_reduction=mean) can use it.
+    global_batch_size: Optional[int] = None
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: MethodConfig,
                  input_shape: tuple[int, ...] | None = None) -> None:

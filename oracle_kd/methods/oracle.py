@@ -42,4 +42,4 @@ class Oracle(KD):
 
     def teacher_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return reinforce(self.teacher, x, y, gamma=self.cfg.gamma, reduction=self.cfg.gamma_reduction,
-                         rec_num=self.cfg.rec_num)
+                         rec_num=self.cfg.rec_num, mean_over=self.global_batch_size)
