@@ -6,6 +6,7 @@ copy and one advanced-indexing gather crop *and* flip a whole batch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,9 +18,18 @@ def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     channels = x_uint8.shape[-3]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"normalize: {channels} channels but {len(mean)} means and {len(std)} stds")
-    m = torch.tensor(mean, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=x_uint8.device).view(-1, 1, 1)
+    m, s = _channel_stats(tuple(mean), tuple(std), x_uint8.device)
     return x_uint8.to(torch.float32).div_(255.0).sub_(m).div_(s)
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...],
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, 1, 1) mean/std tensors made once per device: a fresh host->GPU copy per batch would make the
+    CUDA stream synchronise with the host at every step (copies from pageable memory do)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return m, s
 
 
 @dataclass(frozen=True)
