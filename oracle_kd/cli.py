@@ -38,6 +38,10 @@ def task_main(cfg: DictConfig) -> Any:
         from oracle_kd.tune import tune
 
         return tune(rc)
+    if rc.task == "bench":
+        from oracle_kd.bench import bench
+
+        return bench(rc)
     from oracle_kd.train import plan, run
 
     return plan(rc) if rc.task == "plan" else run(rc)

@@ -20,10 +20,12 @@ from oracle_kd.methods import MethodConfig, available_methods, method_entry
 from oracle_kd.methods.base import _require
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-TASKS = ("train", "plan", "tables", "analyze", "tune")
+TASKS = ("train", "plan", "tables", "analyze", "tune", "bench")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 STEMS = ("auto", "imagenet", "cifar")
+BENCH_DATASETS = ("cifar100", "cifar10", "synthetic")
+BENCH_MIN_REPEATS = 5  # the issue's "median of >= 5 repeats"; tests lower it to stay fast
 
 
 @dataclass
@@ -133,6 +135,34 @@ class TuneConfig:
 
 
 @dataclass
+class BenchConfig:
+    """task=bench: training images/s of the reference loop (per-image torchvision transforms through a
+    DataLoader, fp32, Step A by `loss.backward()`) against this runner's step with the `hardware.*`
+    switches, for every pair x method (oracle_kd/bench.py).
+
+    pairs: "teacher-student" (as run folders name them; "teacher->student" also accepted). methods: empty =
+    every method; a method named by the composed `method=` keeps its `method.*` options, the others run
+    with their defaults. dataset: cifar100 | cifar10 read from `dataset.root` when present, else synthetic
+    uint8 data of its shape (`synthetic` forces it). Each timing is the median of `repeats` blocks of
+    `steps` steps after `warmup` untimed steps. workers: the reference DataLoader's worker processes.
+    reference=false times only this runner; flops=false skips the FLOP count and the matmul-rate probe.
+    out_dir: where the CSV goes (default <results_dir>/bench)."""
+
+    pairs: list[str] = field(default_factory=lambda: ["resnet56-resnet20"])
+    methods: list[str] = field(default_factory=list)
+    batch_size: int = 64
+    steps: int = 10
+    repeats: int = 5
+    warmup: int = 3
+    workers: int = 2
+    dataset: str = "cifar100"
+    synthetic_images: int = 5000
+    reference: bool = True
+    flops: bool = True
+    out_dir: Optional[str] = None
+
+
+@dataclass
 class TablesConfig:
     """task=tables: which accuracy the tables show (best epoch, as the paper, or last epoch) and extra
     folders of run records to read besides the store."""
@@ -162,6 +192,7 @@ class BaseConfig:
     tables: TablesConfig = field(default_factory=TablesConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 @dataclass
@@ -183,6 +214,7 @@ class RunConfig:
     tables: TablesConfig = field(default_factory=TablesConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def register_configs() -> None:
@@ -249,7 +281,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         hardware=OmegaConf.to_object(cfg.hardware), seed=cfg.seed, store=cfg.store, results_dir=cfg.results_dir,
         progress=cfg.progress, stop_after_epoch=cfg.stop_after_epoch, task=cfg.task,
         tables=OmegaConf.to_object(cfg.tables), analyze=OmegaConf.to_object(cfg.analyze),
-        tune=OmegaConf.to_object(cfg.tune),
+        tune=OmegaConf.to_object(cfg.tune), bench=OmegaConf.to_object(cfg.bench),
     )
     _choice("tables.metric", rc.tables.metric, ("best", "last"))
     _choice("task", rc.task, TASKS)
@@ -270,4 +302,32 @@ def validate(cfg: DictConfig) -> RunConfig:
              "must be >= 1 or null")
     _require(rc.stop_after_epoch is None or rc.stop_after_epoch >= 1, "stop_after_epoch", rc.stop_after_epoch,
              "must be >= 1 or null")
+    validate_bench(rc.bench)
     return rc
+
+
+def parse_pair(pair: str) -> tuple[str, str]:
+    """'teacher-student' (or 'teacher->student') -> (teacher, student); architecture names have no '-'."""
+    teacher, sep, student = pair.partition("->") if "->" in pair else pair.partition("-")
+    _require(bool(sep and teacher and student and "-" not in student), "bench.pairs", pair,
+             "must be 'teacher-student', e.g. resnet56-resnet20")
+    return teacher.strip(), student.strip()
+
+
+def validate_bench(b: BenchConfig) -> None:
+    from oracle_kd.models import available_models
+
+    _require(len(b.pairs) >= 1, "bench.pairs", b.pairs, "must name at least one teacher-student pair")
+    for pair in b.pairs:
+        for arch in parse_pair(pair):
+            _require(arch in available_models(), "bench.pairs", pair,
+                     f"names an unknown model {arch!r}; choose from: {', '.join(available_models())}")
+    for m in b.methods:
+        _choice("bench.methods", m, available_methods())
+    _choice("bench.dataset", b.dataset, BENCH_DATASETS)
+    _require(b.batch_size >= 1, "bench.batch_size", b.batch_size, "must be >= 1")
+    _require(b.steps >= 1, "bench.steps", b.steps, "must be >= 1")
+    _require(b.repeats >= BENCH_MIN_REPEATS, "bench.repeats", b.repeats, f"must be >= {BENCH_MIN_REPEATS} (a median)")
+    _require(b.warmup >= 1, "bench.warmup", b.warmup, "must be >= 1 (the first step is never timed)")
+    _require(b.workers >= 0, "bench.workers", b.workers, "must be >= 0")
+    _require(b.synthetic_images >= 1, "bench.synthetic_images", b.synthetic_images, "must be >= 1")
