@@ -60,7 +60,7 @@ from oracle_kd.errors import DatasetError
 from oracle_kd.methods import MethodConfig, available_methods, build_distiller, method_entry
 from oracle_kd.methods.oracle import OracleConfig
 from oracle_kd.models import build_model
-from oracle_kd.train import apply_hardware, autocast, prepare_model, seed_everything, train_step
+from oracle_kd.train import apply_hardware, autocast, prepare_model, prepare_teacher, seed_everything, train_step
 
 log = logging.getLogger("oracle_kd")
 
@@ -241,7 +241,7 @@ def our_step(rc: RunConfig, cfg: MethodConfig, teacher_arch: str, student_arch: 
     t_model, s_model = _models(rc, teacher_arch, student_arch, classes)
     needs_teacher = method_entry(cfg.name)[0].needs_teacher
     student = prepare_model(s_model, device, rc)
-    teacher = prepare_model(t_model, device, rc) if needs_teacher else None
+    teacher = prepare_teacher(t_model, device, rc) if needs_teacher else None
     d = build_distiller(cfg, student, teacher, (3, IMAGE_SIZE, IMAGE_SIZE)).to(device).train()
     opt = _sgd(d.trainable_parameters(), rc)
     amp = autocast(device, rc.hardware.precision)

@@ -91,6 +91,7 @@ class HardwareConfig:
     threads: Optional[int] = None
     ddp: bool = False  # DistributedDataParallel; also on whenever torchrun starts several processes
     sync_bn: bool = True  # under DDP: BatchNorm statistics over the global batch (= the single-process run)
+    fold_teacher_bn: bool = True  # fold the frozen teacher's eval-mode BN into its convs (same function, faster)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, 
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import build_distiller, method_entry
 from oracle_kd.models import build_model
+from oracle_kd.models.fold import fold_batchnorm
 
 log = logging.getLogger("oracle_kd")
 
@@ -66,6 +67,15 @@ def prepare_model(model: nn.Module, device: torch.device, rc: RunConfig) -> nn.M
     if rc.hardware.compile:
         model.compile()
     return model
+
+
+def prepare_teacher(model: nn.Module, device: torch.device, rc: RunConfig) -> nn.Module:
+    """A frozen teacher for the step: eval mode, BN folded into its convs (`hardware.fold_teacher_bn`),
+    then the same device/layout/compile treatment as the student."""
+    model.eval()
+    if rc.hardware.fold_teacher_bn:
+        fold_batchnorm(model)
+    return prepare_model(model, device, rc)
 
 
 # ----------------------------------------------------------------------------- identity
@@ -121,7 +131,7 @@ def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tuple
     load_weights(teacher, read_state_dict(path), source=source, arch=rc.teacher.arch)
     info = {"arch": rc.teacher.arch, "source": source,
             "train_best_top1": tresult["best_top1"] if tresult else None}
-    return prepare_model(teacher, device, rc), info
+    return prepare_teacher(teacher, device, rc), info
 
 
 # ----------------------------------------------------------------------------- loops
