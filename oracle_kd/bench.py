@@ -496,21 +496,21 @@ def _fmt(v: float | None, spec: str = ".0f") -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = ["method", "pair", "batch", "ref img/s", "ours img/s", "ratio", "ref MiB", "ours MiB",
             "ref floor", "ours floor", "ref %floor", "ours %floor"]
-    body = [[r["method"], r["pair"], str(r["batch_size"]), _fmt(r["ref_img_s"]), _fmt(r["ours_img_s"]),
-             _fmt(r["ratio"], ".2f"), _fmt(r["ref_peak_mem_mib"]), _fmt(r["ours_peak_mem_mib"]),
-             _fmt(r["ref_floor_img_s"]), _fmt(r["ours_floor_img_s"]), _fmt(r["ref_pct_of_floor"], ".1f"),
-             _fmt(r["ours_pct_of_floor"], ".1f")] for r in rows]
+    body = [[r["method"], r["pair"], str(r["batch_size"]), _fmt(r.get("ref_img_s")), _fmt(r.get("ours_img_s")),
+             _fmt(r.get("ratio"), ".2f"), _fmt(r.get("ref_peak_mem_mib")), _fmt(r.get("ours_peak_mem_mib")),
+             _fmt(r.get("ref_floor_img_s")), _fmt(r.get("ours_floor_img_s")), _fmt(r.get("ref_pct_of_floor"), ".1f"),
+             _fmt(r.get("ours_pct_of_floor"), ".1f")] for r in rows]
     widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
     line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in COLUMNS})
+        writer.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
     records.atomic_write_bytes(path, buf.getvalue().encode())
 
 
@@ -624,6 +624,33 @@ def bench(rc: RunConfig) -> dict[str, Any]:
           f"MiB = peak memory ({rows[0]['peak_mem_kind'] if rows else ''}); floor = images/s at the measured "
           "dense rate (best of matmul and conv probes)")
     print(format_table(rows))
+    print(f"-> {path}", flush=True)
+    out: dict[str, Any] = {"csv": str(path), "rows": rows}
+    if b.concurrent:
+        out["concurrent"] = concurrent_table(rc, pairs[0], methods[0], common, out_dir, started)
+    return out
+
+
+CONCURRENT_COLUMNS = ["timestamp", "device", "device_name", "torch", "python", "data", "dataset", "pair", "method",
+                      "batch_size", "steps", "repeats", "precision", "channels_last", "compile", "k",
+                      "threads_per_run", "per_run_img_s", "aggregate_img_s", "speedup"]
+
+
+def concurrent_table(rc: RunConfig, pair: tuple[str, str], method: str, common: dict[str, Any], out_dir: Path,
+                     started: datetime) -> dict[str, Any]:
+    """bench.concurrent: aggregate images/s of k simultaneous runs of this runner's step (oracle_kd.concurrency)."""
+    from oracle_kd.concurrency import concurrency_rows
+
+    log.info("bench: %s %s-%s as k = %s concurrent runs", method, *pair, rc.bench.concurrent)
+    rows = [{**common, **r} for r in concurrency_rows(rc, pair, method, list(rc.bench.concurrent))]
+    path = out_dir / f"concurrent_{slug(common['device_name'])}_{started.strftime('%Y%m%d-%H%M%S')}.csv"
+    write_csv(rows, path, CONCURRENT_COLUMNS)
+    print(f"\n{method} {pair[0]}-{pair[1]}, k runs at once on one {common['device']} (ours, "
+          f"{rc.bench.repeats} x {rc.bench.steps} steps each after a barrier):")
+    print(f"{'k':>3}  {'threads/run':>11}  {'per run img/s':>13}  {'aggregate img/s':>15}  {'speed-up':>8}")
+    for r in rows:
+        print(f"{r['k']:>3}  {r['threads_per_run']:>11}  {r['per_run_img_s']:>13.1f}  {r['aggregate_img_s']:>15.1f}  "
+              f"{r['speedup']:>8.2f}")
     print(f"-> {path}", flush=True)
     return {"csv": str(path), "rows": rows}
 

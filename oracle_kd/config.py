@@ -147,7 +147,8 @@ class BenchConfig:
     uint8 data of its shape (`synthetic` forces it). Each timing is the median of `repeats` blocks of
     `steps` steps after `warmup` untimed steps. workers: the reference DataLoader's worker processes.
     reference=false times only this runner; flops=false skips the FLOP count and the matmul-rate probe.
-    out_dir: where the CSV goes (default <results_dir>/bench)."""
+    out_dir: where the CSV goes (default <results_dir>/bench). concurrent: run counts k; for each, k processes
+    train the first pair x method at once and the aggregate images/s is recorded (oracle_kd/concurrency.py)."""
 
     pairs: list[str] = field(default_factory=lambda: ["resnet56-resnet20"])
     methods: list[str] = field(default_factory=list)
@@ -161,6 +162,7 @@ class BenchConfig:
     reference: bool = True
     flops: bool = True
     out_dir: Optional[str] = None
+    concurrent: list[int] = field(default_factory=list)  # e.g. [1,2,4,8]: sweep throughput, k runs at once
 
 
 @dataclass
@@ -332,3 +334,5 @@ def validate_bench(b: BenchConfig) -> None:
     _require(b.warmup >= 1, "bench.warmup", b.warmup, "must be >= 1 (the first step is never timed)")
     _require(b.workers >= 0, "bench.workers", b.workers, "must be >= 0")
     _require(b.synthetic_images >= 1, "bench.synthetic_images", b.synthetic_images, "must be >= 1")
+    for k in b.concurrent:
+        _require(k >= 1, "bench.concurrent", b.concurrent, "must list run counts >= 1")

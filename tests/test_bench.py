@@ -155,3 +155,19 @@ def test_fewer_than_five_repeats_is_refused(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(config, "BENCH_MIN_REPEATS", 5)
     assert main([f"store={tmp_path}/runs", *TINY]) == 2
     assert "bench.repeats=2 must be >= 5" in capsys.readouterr().err
+
+
+def test_concurrent_runs_report_aggregate_throughput_per_k(tmp_path, capsys):
+    """bench.concurrent: k processes train at once after a barrier; one CSV row per k, speed-up vs the first k."""
+    assert main([f"results_dir={tmp_path}", f"store={tmp_path}/runs", *TINY, "bench.pairs=[resnet8-resnet8]",
+                 "bench.methods=[kd]", "bench.reference=false", "bench.flops=false", "bench.concurrent=[1,2]"]) == 0
+    out = capsys.readouterr().out
+    assert "aggregate img/s" in out
+    (path,) = (tmp_path / "bench").glob("concurrent_*.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["k"]) for r in rows] == [1, 2]
+    assert float(rows[0]["speedup"]) == pytest.approx(1.0)
+    for r in rows:
+        assert float(r["aggregate_img_s"]) > 0 and float(r["per_run_img_s"]) > 0
+        assert r["method"] == "kd" and r["pair"] == "resnet8-resnet8" and int(r["threads_per_run"]) == 1
