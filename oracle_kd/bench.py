@@ -71,7 +71,7 @@ COLUMNS = [
     "timestamp", "device", "device_name", "threads", "torch", "torchvision", "python", "platform",
     "data", "dataset", "image_shape", "num_classes", "pair", "teacher", "student", "method",
     "batch_size", "steps", "repeats", "warmup", "ref_workers",
-    "precision", "channels_last", "compile", "cudnn_benchmark",
+    "precision", "channels_last", "compile", "cudnn_benchmark", "fold_teacher_bn",
     "ref_img_s", "ours_img_s", "ratio", "ref_img_s_repeats", "ours_img_s_repeats",
     "peak_mem_kind", "ref_peak_mem_mib", "ours_peak_mem_mib",
     "ref_step_gflop", "ours_step_gflop", "ref_rate_tflops", "ours_rate_tflops", "rate_probes",
@@ -560,6 +560,7 @@ def bench(rc: RunConfig) -> dict[str, Any]:
         "num_classes": classes, "batch_size": b.batch_size, "steps": b.steps, "repeats": b.repeats,
         "warmup": b.warmup, "ref_workers": b.workers, "precision": hw.precision,
         "channels_last": hw.channels_last, "compile": hw.compile, "cudnn_benchmark": hw.cudnn_benchmark,
+        "fold_teacher_bn": hw.fold_teacher_bn,
         "rate_probes": probes or None,
     }
     try:
