@@ -253,7 +253,7 @@ def our_step(rc: RunConfig, cfg: MethodConfig, teacher_arch: str, student_arch: 
 
 
 # ----------------------------------------------------------------------------- measuring
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -285,18 +285,18 @@ class Part:
         with self._switches():
             for _ in range(n):
                 self.step(*next(self.batches))
-            _sync(self.device)
+            sync_device(self.device)
 
     def timed(self, steps: int) -> float:
         with self._switches():
             for _ in range(self.drain):
                 next(self.batches)
             self.step(*next(self.batches))
-            _sync(self.device)
+            sync_device(self.device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 self.step(*next(self.batches))
-            _sync(self.device)
+            sync_device(self.device)
             return self.batch_size * steps / (time.perf_counter() - t0)
 
     def close(self) -> None:
@@ -428,11 +428,11 @@ def _best_time(fn: Callable[[], Any], device: torch.device, reps: int, inner: in
         fn()
     times = []
     for _ in range(reps):
-        _sync(device)
+        sync_device(device)
         t0 = time.perf_counter()
         for _ in range(inner):
             fn()
-        _sync(device)
+        sync_device(device)
         times.append((time.perf_counter() - t0) / inner)
     return min(times)
 

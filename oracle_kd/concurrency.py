@@ -28,7 +28,7 @@ def _cpu_threads(k: int, device_type: str) -> int:
 
 
 def _worker(rc: RunConfig, pair: tuple[str, str], method: str, threads: int, barrier: Any, out: Any) -> None:
-    from oracle_kd.bench import _sync, bench_data, method_config, our_batches, our_step
+    from oracle_kd.bench import bench_data, method_config, our_batches, our_step, sync_device
     from oracle_kd.train import apply_hardware
 
     try:
@@ -40,12 +40,12 @@ def _worker(rc: RunConfig, pair: tuple[str, str], method: str, threads: int, bar
         batches = our_batches(bundle, rc, device)
         for _ in range(b.warmup):
             step(*next(batches))
-        _sync(device)
+        sync_device(device)
         barrier.wait()
         start = time.time()
         for _ in range(b.repeats * b.steps):
             step(*next(batches))
-        _sync(device)
+        sync_device(device)
         out.put(("ok", start, time.time(), b.repeats * b.steps * b.batch_size))
     except BaseException as exc:  # report, and free the others from the barrier
         barrier.abort()

@@ -156,7 +156,7 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     elsewhere. Parameters and buffers are kept (same objects), so state_dicts are unchanged."""
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for name, child in module.named_children():
+    for child in module.children():
         if type(child) is nn.BatchNorm2d:
             child.__class__ = GlobalBatchNorm2d  # same attributes and state; only forward differs
         else:
