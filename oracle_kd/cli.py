@@ -8,6 +8,7 @@ Set ORACLE_KD_TRACEBACK=1 to see the traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -16,35 +17,27 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from oracle_kd.config import CONF_DIR, group_options, validate
+from oracle_kd.config import CONF_DIR, RunConfig, group_options, validate
 from oracle_kd.errors import OracleKDError
+from oracle_kd.tasks import task_entry
 
 log = logging.getLogger("oracle_kd")
 GROUPS = ("dataset", "teacher", "student", "method", "train", "hardware")
 
 
 def task_main(cfg: DictConfig) -> Any:
-    """Run one composed config (one job of a multirun)."""
+    """Run one composed config (one job of a multirun) through the task registry."""
     rc = validate(cfg)
-    if rc.task == "tables":
-        from oracle_kd.tables import tables
+    return task_entry(rc.task).fn(rc)
 
-        return tables([rc.store, *rc.tables.roots], rc.results_dir, rc.tables.metric)
-    if rc.task == "analyze":
-        from oracle_kd.analysis import analyze
 
-        return analyze(rc)
-    if rc.task == "tune":
-        from oracle_kd.tune import tune
+def compose(overrides: list[str] | None = None) -> RunConfig:
+    """The validated RunConfig that `python run.py <overrides>` would run (for scripts and tests)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
-        return tune(rc)
-    if rc.task == "bench":
-        from oracle_kd.bench import bench
-
-        return bench(rc)
-    from oracle_kd.train import plan, run
-
-    return plan(rc) if rc.task == "plan" else run(rc)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return validate(hydra_compose(config_name="config", overrides=list(overrides or [])))
 
 
 def _flat(text: str) -> str:
@@ -80,10 +73,34 @@ def one_line_error(exc: BaseException) -> str:
     return f"{first} (set ORACLE_KD_TRACEBACK=1 for the traceback)"
 
 
+def help_text() -> str:
+    """`python run.py --help`: the user's options (groups, tasks, sections), not Hydra's internals."""
+    from oracle_kd.config import sections
+    from oracle_kd.tasks.registry import available_tasks
+
+    lines = ["usage: python run.py [-m] [group=option ...] [key=value ...]", "",
+             "  python run.py dataset=cifar100 teacher=resnet56 student=resnet20 method=oracle method.gamma=0.5",
+             "  python run.py -m method=ce,kd,oracle seed=0,1,2 train=quick      # a multirun grid",
+             "  python run.py -m --config-dir sweeps --config-name fig5_pairs     # a paper preset",
+             "", "config groups (group=option):"]
+    lines += [f"  {g:<9} {', '.join(group_options(g))}" for g in GROUPS]
+    lines += ["", "tasks (task=name):"]
+    lines += [f"  {name:<9} {task_entry(name).summary}" for name in available_tasks()]
+    lines += ["", "task sections (conf/<section>/default.yaml; set keys as section.key=value):"]
+    lines += [f"  {name:<9} {', '.join(f.name for f in dataclasses.fields(cls))}" for name, cls in sections().items()]
+    lines += ["", "top level: task, seed, store, results_dir, progress, stop_after_epoch",
+              "show the composed config: python run.py --cfg job [overrides]; Hydra's own flags: --hydra-help"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run.py; `argv` defaults to sys.argv[1:]. Returns the exit code."""
     import hydra
 
+    args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return 0
     os.environ["HYDRA_FULL_ERROR"] = "1"
     if not OmegaConf.has_resolver("rank_suffix"):  # torchrun ranks > 0 log to their own Hydra folder
         OmegaConf.register_new_resolver("rank_suffix", lambda: "" if os.environ.get("RANK", "0") == "0"

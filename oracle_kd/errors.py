@@ -15,3 +15,14 @@ class DatasetError(OracleKDError):
 
 class CheckpointError(OracleKDError):
     """A checkpoint is missing, unsafe, or does not fit the architecture it is loaded into."""
+
+
+def require(ok: bool, key: str, value: object, rule: str) -> None:
+    """Raise `ConfigError("<key>=<value> <rule>")` unless `ok`: the one-line form every check uses."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r} {rule}")
+
+
+def choice(key: str, value: object, allowed: "list[str] | tuple[str, ...]") -> None:
+    """`value` must be one of `allowed`; the message lists them."""
+    require(value in allowed, key, value, f"is not one of: {', '.join(allowed)}")

@@ -1,29 +1,17 @@
-"""Shared test helpers: a tiny model honouring the (logits, Features) contract, and small configs."""
+"""Shared test helpers. tests/fixtures/ holds importable helpers: writers of datasets in their real on-disk
+formats, the tiny model, and the tiny oracle-teacher setting."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
-from oracle_kd.models.features import Features
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
-
-class TinyNet(nn.Module):
-    """conv → BN → ReLU → pool → fc: small enough for hand-checkable equation tests."""
-
-    def __init__(self, num_classes: int = 5, in_channels: int = 1) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4, num_classes)
-
-    def forward(self, x: torch.Tensor):
-        f = torch.relu(self.bn(self.conv(x)))
-        pooled = f.mean(dim=(2, 3))
-        return self.fc(pooled), Features(stages=[f], blocks=[f], pooled=pooled)
+from tiny_net import TinyNet  # noqa: E402  (needs the path above)
 
 
 @pytest.fixture

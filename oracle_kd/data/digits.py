@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oracle_kd.errors import ConfigError
 from oracle_kd.data.types import DataBundle, ImageSet
+from oracle_kd.errors import ConfigError
 
 # The split never follows the run seed: every run, whatever its seed, is scored on the same held-out images.
 SPLIT_SEED = 0

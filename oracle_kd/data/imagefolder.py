@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from oracle_kd.data.augment import normalize
-from oracle_kd.data.loader import _EPOCH_STRIDE, Batching
+from oracle_kd.data.batching import EPOCH_STRIDE, Batching
 from oracle_kd.data.types import DataBundle, FileSet, FolderTransforms
 from oracle_kd.errors import DatasetError
 
@@ -335,7 +335,7 @@ class FolderLoader(Batching):
     def generator(self, epoch: int) -> torch.Generator:
         """The epoch's order and per-sample seeds; on the CPU, so CPU and CUDA runs see the same batches."""
         g = torch.Generator()
-        g.manual_seed((self.seed * _EPOCH_STRIDE + int(epoch)) % (1 << 63))
+        g.manual_seed((self.seed * EPOCH_STRIDE + int(epoch)) % (1 << 63))
         return g
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from oracle_kd.errors import ConfigError
 from oracle_kd.data.cifar import load_cifar10, load_cifar100
 from oracle_kd.data.digits import load_digits_bundle
 from oracle_kd.data.imagefolder import load_imagenet, load_tiny_imagenet
 from oracle_kd.data.types import DataBundle
+from oracle_kd.errors import ConfigError
 
 Loader = Callable[..., DataBundle]  # (root, *, seed, test_fraction) -> DataBundle
 

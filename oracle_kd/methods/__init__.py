@@ -7,11 +7,11 @@ schema); a new method is one new file here plus one yaml in conf/method/.
 import importlib
 import pkgutil
 
+from oracle_kd.core.losses import kd_loss
 from oracle_kd.methods.base import Distiller, MethodConfig, freeze, probe_features
-from oracle_kd.methods.losses import kd_loss
 from oracle_kd.methods.registry import available_methods, build_distiller, method_entry, register_method
 
-_INFRASTRUCTURE = {"base", "losses", "registry"}
+_INFRASTRUCTURE = {"base", "registry"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -13,8 +13,9 @@ from typing import Sequence
 
 import torch
 
-from oracle_kd.methods.base import Distiller, MethodConfig, _require
-from oracle_kd.methods.losses import attention_map, pool_to
+from oracle_kd.core.losses import attention_map, pool_to
+from oracle_kd.errors import require
+from oracle_kd.methods.base import Distiller, MethodConfig
 from oracle_kd.methods.registry import register_method
 
 
@@ -28,8 +29,8 @@ class ATConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
-        _require(self.p > 0, "method.p", self.p, "must be > 0")
+        require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
+        require(self.p > 0, "method.p", self.p, "must be > 0")
 
 
 def at_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], p: float = 2.0) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oracle_kd.errors import ConfigError
+from oracle_kd.errors import require
 
 
 @dataclass
@@ -31,9 +31,9 @@ class MethodConfig:
 
     def validate(self) -> None:
         """Raise ConfigError (one line) for values no method can use."""
-        _require(self.ce_weight >= 0, "method.ce_weight", self.ce_weight, "must be >= 0")
+        require(self.ce_weight >= 0, "method.ce_weight", self.ce_weight, "must be >= 0")
         for arch, w in (self.ce_weight_by_teacher or {}).items():
-            _require(w >= 0, f"method.ce_weight_by_teacher.{arch}", w, "must be >= 0")
+            require(w >= 0, f"method.ce_weight_by_teacher.{arch}", w, "must be >= 0")
 
     def for_teacher(self, arch: str) -> "MethodConfig":
         """This config with `ce_weight_by_teacher` resolved for a teacher arch (and then dropped, so the
@@ -43,10 +43,6 @@ class MethodConfig:
         weight = self.ce_weight_by_teacher.get(arch, self.ce_weight)
         return dataclasses.replace(self, ce_weight=weight, ce_weight_by_teacher=None)
 
-
-def _require(ok: bool, key: str, value: Any, rule: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} {rule}")
 
 
 def freeze(model: nn.Module) -> nn.Module:

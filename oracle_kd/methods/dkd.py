@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
-from oracle_kd.methods.base import Distiller, _require
+from oracle_kd.core.losses import kd_loss
+from oracle_kd.errors import require
+from oracle_kd.methods.base import Distiller
 from oracle_kd.methods.kd import KDConfig
-from oracle_kd.methods.losses import kd_loss
 from oracle_kd.methods.registry import register_method
 
 
@@ -39,8 +40,8 @@ class DKDConfig(KDConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
-        _require(self.warmup >= 0, "method.warmup", self.warmup, "must be >= 0 (0 = no warm-up)")
+        require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
+        require(self.warmup >= 0, "method.warmup", self.warmup, "must be >= 0 (0 = no warm-up)")
 
 
 def _non_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oracle_kd.methods.base import Distiller, MethodConfig, _require, probe_features
+from oracle_kd.errors import require
+from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
 from oracle_kd.methods.registry import register_method
 
 
@@ -25,8 +26,8 @@ class FitNetConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require(self.weight >= 0, "method.weight", self.weight, "must be >= 0")
-        _require(self.hint_stage >= 0, "method.hint_stage", self.hint_stage, "must be >= 0")
+        require(self.weight >= 0, "method.weight", self.weight, "must be >= 0")
+        require(self.hint_stage >= 0, "method.hint_stage", self.hint_stage, "must be >= 0")
 
 
 def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Sequential:
@@ -43,7 +44,7 @@ def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int])
     elif (2 * s_h, 2 * s_w) == (t_h, t_w):
         conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
     else:
-        _require(s_h >= t_h and s_w >= t_w, "method.hint_stage", f"{s_h}x{s_w}->{t_h}x{t_w}",
+        require(s_h >= t_h and s_w >= t_w, "method.hint_stage", f"{s_h}x{s_w}->{t_h}x{t_w}",
                  "needs a student map at least as large as the teacher's, or half of it")
         conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
     return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
@@ -65,7 +66,7 @@ class FitNet(Distiller):
         _, t_feats = probe_features(self.teacher, input_shape)
         _, s_feats = probe_features(self.student, input_shape)
         n = min(len(t_feats.stages), len(s_feats.stages))
-        _require(cfg.hint_stage < n, "method.hint_stage", cfg.hint_stage, f"must be < {n} (the models' stage count)")
+        require(cfg.hint_stage < n, "method.hint_stage", cfg.hint_stage, f"must be < {n} (the models' stage count)")
         s_shape = tuple(s_feats.stages[cfg.hint_stage].shape[1:])
         t_shape = tuple(t_feats.stages[cfg.hint_stage].shape[1:])
         self.regressor = hint_regressor(s_shape, t_shape).to(next(student.parameters()).device)

@@ -6,14 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from oracle_kd.methods.base import Distiller, MethodConfig, _require
-from oracle_kd.methods.losses import kd_loss
+from oracle_kd.core.losses import kd_loss
+from oracle_kd.errors import require
+from oracle_kd.methods.base import Distiller, MethodConfig
 from oracle_kd.methods.registry import register_method
 
 
 @dataclass
 class KDConfig(MethodConfig):
-    """L = ce_weight·CE(s(x), y) + alpha·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)); τ = 4 as in REFERENCE §4."""
+    """L = ce_weight·CE(s(x), y) + alpha·τ²·KL(softmax(t/τ) ‖ softmax(s/τ)); τ = 4 as in the paper's KD baseline."""
 
     name: str = "kd"
     alpha: float = 1.0
@@ -21,8 +22,8 @@ class KDConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require(self.alpha >= 0, "method.alpha", self.alpha, "must be >= 0")
-        _require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
+        require(self.alpha >= 0, "method.alpha", self.alpha, "must be >= 0")
+        require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
 
 
 @register_method("kd", KDConfig)

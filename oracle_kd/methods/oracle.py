@@ -6,15 +6,15 @@ from dataclasses import dataclass
 
 import torch
 
-from oracle_kd.methods.base import _require
+from oracle_kd.core.reinforce import REDUCTIONS, reinforce
+from oracle_kd.errors import require
 from oracle_kd.methods.kd import KD, KDConfig
 from oracle_kd.methods.registry import register_method
-from oracle_kd.reinforce import REDUCTIONS, reinforce
 
 
 @dataclass
 class OracleConfig(KDConfig):
-    """Defaults follow the released CIFAR-100 runs (REFERENCE §1): τ = 2, α = 1, γ ∈ {0.2, 0.5}.
+    """Defaults follow the released CIFAR-100 runs: τ = 2, α = 1, γ ∈ {0.2, 0.5}.
 
     gamma_reduction=mean is the released code (the step per sample is γ/B); `sum` is the
     batch-size-independent variant. rec_num repeats Step A on the detached x*.
@@ -28,10 +28,10 @@ class OracleConfig(KDConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require(self.gamma >= 0, "method.gamma", self.gamma, "must be >= 0")
-        _require(self.gamma_reduction in REDUCTIONS, "method.gamma_reduction", self.gamma_reduction,
+        require(self.gamma >= 0, "method.gamma", self.gamma, "must be >= 0")
+        require(self.gamma_reduction in REDUCTIONS, "method.gamma_reduction", self.gamma_reduction,
                  f"is not one of: {', '.join(REDUCTIONS)}")
-        _require(self.rec_num >= 1, "method.rec_num", self.rec_num, "must be >= 1")
+        require(self.rec_num >= 1, "method.rec_num", self.rec_num, "must be >= 1")
 
 
 @register_method("oracle", OracleConfig)

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oracle_kd.methods.base import Distiller, _require, probe_features
+from oracle_kd.core.features import Features
+from oracle_kd.core.losses import attention_map, kd_loss, pool_to
+from oracle_kd.errors import require
+from oracle_kd.methods.base import Distiller, probe_features
 from oracle_kd.methods.kd import KDConfig
-from oracle_kd.methods.losses import attention_map, kd_loss, pool_to
 from oracle_kd.methods.registry import register_method
-from oracle_kd.models.features import Features
 
 HALVED_BLOCK_COUNT = 54  # resnet110: the reference distils every second block (its LAYER table)
 
@@ -32,8 +33,8 @@ class SADConfig(KDConfig):
 
     def validate(self) -> None:
         super().validate()
-        _require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
-        _require(self.dim >= 1, "method.dim", self.dim, "must be >= 1")
+        require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
+        require(self.dim >= 1, "method.dim", self.dim, "must be >= 1")
 
 
 def sad_layers(features: Features) -> list[torch.Tensor]:
@@ -120,7 +121,7 @@ class SAD(Distiller):
         # eval-mode probes: a train-mode forward would move the teacher's BN running statistics
         t_layers = sad_layers(probe_features(self.teacher, input_shape)[1])
         s_layers = sad_layers(probe_features(self.student, input_shape)[1])
-        _require(bool(t_layers) and bool(s_layers), "method", cfg.name, "needs models that report Features.blocks")
+        require(bool(t_layers) and bool(s_layers), "method", cfg.name, "needs models that report Features.blocks")
         self.attention = LayerAttention([f.shape[1] for f in s_layers], [f.shape[1] for f in t_layers],
                                         cfg.dim).to(next(student.parameters()).device)
 

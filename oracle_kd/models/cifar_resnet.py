@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oracle_kd.models.features import Features
+from oracle_kd.core.features import Features
 from oracle_kd.models.registry import register_model
 
 

@@ -17,9 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.features import Features
 from oracle_kd.errors import ConfigError
-from oracle_kd.models.cifar_resnet import BasicBlock, init_resnet_weights, projection_shortcut, run_stages  # BasicBlock: as torchvision's
-from oracle_kd.models.features import Features
+from oracle_kd.models.cifar_resnet import (  # BasicBlock: as torchvision's
+    BasicBlock,
+    init_resnet_weights,
+    projection_shortcut,
+    run_stages,
+)
 from oracle_kd.models.registry import register_model
 
 STEMS = ("auto", "cifar", "imagenet")

@@ -1,0 +1,33 @@
+"""Loss functions shared by several methods (each written once, tested against hand computations)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term τ²·KL(softmax(t/τ) ‖ softmax(s/τ)).
+
+    KL summed over classes and averaged over the batch (as the released code and mdistiller); τ² keeps the gradient scale
+    independent of τ. Computed in fp32 because log-probabilities lose too much in bf16.
+    """
+    t = float(temperature)
+    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
+    return kl * (t * t)
+
+
+def pool_to(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive-average-pool a (B, C, H, W) map to `size` (no-op when it already has that size)."""
+    return f if tuple(f.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(f, size)
+
+
+def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Spatial attention of a (B, C, H, W) map: normalize(mean_c |f|^p) flattened over H·W → (B, H·W).
+
+    Zagoruyko & Komodakis' AT map (p = 2); SAD uses the same map as its values. fp32 for the norm.
+    """
+    a = f.float().abs().pow(p).mean(dim=1).flatten(1)
+    return F.normalize(a, dim=1)

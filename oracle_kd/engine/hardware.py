@@ -1,0 +1,55 @@
+"""Device, precision and model preparation: the `hardware.*` switches, none of which is part of a run's
+identity (they change speed, not the function being computed, up to float rounding)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from oracle_kd.config import HardwareConfig
+from oracle_kd.errors import ConfigError
+from oracle_kd.models.fold import fold_batchnorm
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("hardware.device=cuda but no CUDA device is visible; use hardware=cpu or hardware.device=auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for the networks when asked; losses cast their inputs to fp32 themselves."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def apply_hardware(hw: HardwareConfig, device_name: str | None = None) -> torch.device:
+    """Threads and cuDNN settings; the device (`device_name` overrides hardware.device: a DDP rank's GPU)."""
+    device = resolve_device(device_name or hw.device)
+    if hw.threads:
+        torch.set_num_threads(hw.threads)
+    torch.backends.cudnn.benchmark = hw.cudnn_benchmark
+    return device
+
+
+def prepare_model(model: nn.Module, device: torch.device, hw: HardwareConfig) -> nn.Module:
+    model = model.to(device)
+    if hw.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if hw.compile:
+        model.compile()
+    return model
+
+
+def prepare_teacher(model: nn.Module, device: torch.device, hw: HardwareConfig) -> nn.Module:
+    """A frozen teacher for the step: eval mode, BN folded into its convs (`hardware.fold_teacher_bn`),
+    then the same device/layout/compile treatment as the student."""
+    model.eval()
+    if hw.fold_teacher_bn:
+        fold_batchnorm(model)
+    return prepare_model(model, device, hw)

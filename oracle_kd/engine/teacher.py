@@ -1,0 +1,70 @@
+"""The teacher: its one identity, the run that makes an auto teacher, and loading it for a step.
+
+A teacher is either `auto` (the finished `ce` run of its arch on the same data and seed, identified by
+that run's run_id) or a checkpoint file (identified by its content hash, so moving the file does not
+change the runs distilled from it). Every consumer (run ids, the oracle-teacher analysis, the γ tuner)
+derives what it needs from `teacher_identity`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from oracle_kd.config import RunConfig, StudentConfig, load_train_preset
+from oracle_kd.data import DataBundle
+from oracle_kd.engine.hardware import prepare_teacher
+from oracle_kd.engine.weights import load_weights, read_state_dict
+from oracle_kd.errors import ConfigError
+from oracle_kd.methods.ce import CEConfig
+from oracle_kd.models import build_model
+from oracle_kd.store.identity import ID_LENGTH, run_dir, run_id, semantic_config, uses_teacher
+from oracle_kd.store.io import file_sha256
+
+needs_teacher = uses_teacher
+
+
+def teacher_run_config(rc: RunConfig) -> RunConfig:
+    """The `ce` run that makes an auto teacher: same dataset, seed and hardware, the teacher's arch."""
+    train = rc.train if rc.teacher.train == "same" else load_train_preset(rc.teacher.train)
+    return dataclasses.replace(rc, student=StudentConfig(arch=rc.teacher.arch, stem=rc.teacher.stem), method=CEConfig(),
+                               train=train, stop_after_epoch=None)
+
+
+def teacher_identity(rc: RunConfig) -> dict[str, Any]:
+    """What the teacher is: {arch, source: auto, run_id} or {arch, source: file, sha256[, stem]} (an auto
+    teacher's run_id already covers its stem)."""
+    if rc.teacher.checkpoint == "auto":
+        return {"arch": rc.teacher.arch, "source": "auto", "run_id": identify(teacher_run_config(rc))[1]}
+    path = Path(rc.teacher.checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"teacher.checkpoint={rc.teacher.checkpoint!r}: no such file "
+                          f"({path.resolve()}); give a checkpoint path or teacher.checkpoint=auto")
+    identity = {"arch": rc.teacher.arch, "source": "file", "sha256": file_sha256(path)}
+    if rc.teacher.stem != "auto":
+        identity["stem"] = rc.teacher.stem
+    return identity
+
+
+def short_teacher_id(identity: dict[str, Any]) -> str:
+    """A 12-digit id of the teacher: the auto teacher's run_id, or the start of a file's SHA-256."""
+    return identity["run_id"] if identity["source"] == "auto" else identity["sha256"][:ID_LENGTH]
+
+
+def identify(rc: RunConfig) -> tuple[dict[str, Any], str, Path]:
+    """(semantic config, run_id, run folder) of a run."""
+    semantic = semantic_config(rc, teacher_identity(rc) if needs_teacher(rc) else None)
+    rid = run_id(semantic)
+    return semantic, rid, run_dir(rc.store, rc, rid)
+
+
+def build_teacher(rc: RunConfig, data: DataBundle, device: torch.device, path: Path, source: str) -> nn.Module:
+    """The teacher's architecture with the weights of `path`, frozen and prepared for the step."""
+    teacher = build_model(rc.teacher.arch, data.num_classes, data.in_channels, image_size=data.image_size,
+                          stem=rc.teacher.stem)
+    load_weights(teacher, read_state_dict(path), source=source, arch=rc.teacher.arch)
+    return prepare_teacher(teacher, device, rc.hardware)

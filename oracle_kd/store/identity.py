@@ -1,0 +1,60 @@
+"""Run identity: the semantic config of a run, its content hash (the run_id) and its folder.
+
+A run is identified by a hash of its *semantic* config: what changes the numbers it produces (dataset
+and augmentation, models, method, recipe, seed, teacher source), never paths, progress bars or hardware
+switches. The same semantic config therefore always maps to the same folder, which is what lets a
+relaunched sweep skip finished runs and resume unfinished ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from oracle_kd.config import RunConfig
+from oracle_kd.methods import method_entry
+
+ID_LENGTH = 12
+COMPACT = (",", ":")
+
+
+def content_hash(obj: Any, length: int = ID_LENGTH, separators: tuple[str, str] | None = COMPACT) -> str:
+    """The first `length` hex digits of SHA-256 over `obj` as sorted-key JSON. `separators=None` is
+    json's default spacing, which the analysis, study and recipe names were first hashed with."""
+    blob = json.dumps(obj, sort_keys=True, separators=separators, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def uses_teacher(rc: RunConfig) -> bool:
+    return method_entry(rc.method.name)[0].needs_teacher
+
+
+def semantic_config(rc: RunConfig, teacher_identity: dict[str, Any] | None) -> dict[str, Any]:
+    """The part of a RunConfig that defines the run. `teacher_identity` is None for methods without a
+    teacher, so a `ce` run is the same run whether launched by hand or as an auto teacher."""
+    dataset = dataclasses.asdict(rc.dataset)
+    dataset.pop("root")
+    dataset.pop("workers")
+    if dataset["name"] != "digits":
+        dataset.pop("test_fraction")
+    return {
+        "dataset": dataset,
+        "student": rc.student.arch if rc.student.stem == "auto" else dataclasses.asdict(rc.student),
+        "teacher": teacher_identity,
+        "method": dataclasses.asdict(rc.method),
+        "train": dataclasses.asdict(rc.train),
+        "seed": rc.seed,
+    }
+
+
+def run_id(semantic: dict[str, Any]) -> str:
+    return content_hash(semantic)
+
+
+def run_dir(store: str | Path, rc: RunConfig, rid: str) -> Path:
+    """<store>/<dataset>/<method>/<teacher>-<student>/<run_id>; `none` stands for no teacher."""
+    teacher = rc.teacher.arch if uses_teacher(rc) else "none"
+    return Path(store) / rc.dataset.name / rc.method.name / f"{teacher}-{rc.student.arch}" / rid

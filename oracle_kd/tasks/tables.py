@@ -1,0 +1,426 @@
+"""Aggregator: every result.json in the run store → the paper's comparison tables (CSV, Markdown, PNG).
+
+Everything a table shows is derived from run records; the only numbers typed in by hand are the
+paper's, in results/paper/*.csv. Tables choose runs by what they are, not by which sweep made them:
+Table 4 is every run whose teacher and student are the same architecture, Figure 5 every
+teacher→student pair, the γ grid every oracle run, Table 5 the Tiny-ImageNet/ImageNet runs.
+CSV output is deterministic: the same records give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from oracle_kd.config import RunConfig
+from oracle_kd.errors import choice
+from oracle_kd.store import record
+from oracle_kd.store.analysis import collect_analysis
+from oracle_kd.store.identity import content_hash
+from oracle_kd.store.io import atomic_write_bytes, read_json
+from oracle_kd.tasks.registry import register_task
+
+log = logging.getLogger("oracle_kd")
+
+METRICS = ("best", "last")
+PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
+ARCH_ORDER = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
+              "resnet32x4", "resnet18", "resnet34", "resnet50", "resnet101"]
+METHOD_ORDER = ["teacher", "ce", "dkd", "at", "fitnet", "kd", "sad", "oracle"]
+LARGE_DATASETS = ("tiny_imagenet", "imagenet")
+
+
+@dataclass
+class Problem:
+    path: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
+
+
+# ----------------------------------------------------------------------------- reading
+def _variant(method: dict[str, Any]) -> str:
+    """The method's options other than its name, e.g. 'alpha=1.0 ce_weight=1.0 gamma=0.5 ...'."""
+    return " ".join(f"{k}={v}" for k, v in sorted(method.items()) if k != "name")
+
+
+def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(obj, list):
+        out[prefix] = json.dumps(obj)
+    else:
+        out[prefix] = obj
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    sem = rec["semantic"]
+    train = sem.get("train", {})
+    teacher = sem.get("teacher") or {}
+    info = rec.get("teacher_info") or {}
+    row: dict[str, Any] = {
+        "run_id": rec["run_id"], "dataset": rec["dataset"], "method": rec["method"],
+        "teacher": rec.get("teacher") or "-", "student": rec["student"], "seed": rec["seed"],
+        "variant": _variant(sem.get("method", {})),
+        "recipe": f"{train.get('epochs', '?')}ep-{content_hash(train, 6, separators=None)}",
+        "best_top1": rec["best_top1"], "last_top1": rec["last_top1"],
+        "best_top5": rec.get("best_top5"), "last_top5": rec.get("last_top5"), "best_epoch": rec.get("best_epoch"),
+        "epochs": rec.get("epochs"), "wall_time_s": rec.get("wall_time_s"),
+        "train_images_per_s": rec.get("train_images_per_s"), "extra_params": rec.get("extra_params"),
+        "teacher_run_id": teacher.get("run_id", "-"), "teacher_source": teacher.get("source", "-"),
+        "teacher_test_top1": (info.get("test") or {}).get("top1"),
+    }
+    flat: dict[str, Any] = {}
+    _flatten("", {k: v for k, v in sem.items() if k != "teacher"}, flat)
+    row.update({k: v for k, v in flat.items() if k not in ("student", "seed")})
+    return row
+
+
+def read_results(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, list[Problem]]:
+    """One row per valid, finished record under the roots, and one Problem per bad or unfinished run.
+
+    A run folder is any folder holding a config.json, metrics.jsonl, last.pt or result.json."""
+    rows: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            problems.append(Problem(str(root), "no such folder"))
+            continue
+        folders = sorted({p.parent for name in (record.RESULT, record.CONFIG, record.CHECKPOINT)
+                          for p in root.rglob(name) if ".hydra" not in p.parts})
+        for folder in folders:
+            path = folder / record.RESULT
+            if not path.exists():
+                problems.append(Problem(str(folder), "unfinished run (no result.json): relaunch it to resume"))
+                continue
+            try:
+                rec = read_json(path)
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+                problems.append(Problem(str(path), f"corrupt ({exc.__class__.__name__}: {' '.join(str(exc).split())[:80]})"))
+                continue
+            missing = [k for k in record.REQUIRED if k not in rec] if isinstance(rec, dict) else ["everything"]
+            if missing:
+                problems.append(Problem(str(path), f"incomplete record (missing {', '.join(missing)})"))
+                continue
+            if rec["status"] != "finished" or not isinstance(rec["best_top1"], (int, float)):
+                problems.append(Problem(str(path), f"not a finished record (status {rec['status']!r})"))
+                continue
+            if rec["run_id"] in seen:
+                continue  # the same run reached through two roots
+            seen.add(rec["run_id"])
+            rows.append(_row(rec))
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df = df.sort_values(["dataset", "teacher", "student", "method", "variant", "recipe", "seed", "run_id"],
+                            kind="mergesort").reset_index(drop=True)
+    return df, problems
+
+
+# ----------------------------------------------------------------------------- statistics
+def _agg(df: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
+    col = f"{metric}_top1"
+    out = df.groupby(keys, sort=True, dropna=False)[col].agg(mean="mean", std="std", n_seeds="count").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out
+
+
+def _best_variant(stats: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
+    """Where one cell has several method variants (a γ grid, say), keep the one with the highest mean,
+    as the paper's released runs did for γ ∈ {0.2, 0.5}; ties go to the first variant in sort order."""
+    ranked = stats.sort_values([*cell, "mean", "variant"], ascending=[True] * len(cell) + [False, True], kind="mergesort")
+    return ranked.drop_duplicates(cell, keep="first").sort_values(cell, kind="mergesort").reset_index(drop=True)
+
+
+def _paper(name: str) -> pd.DataFrame | None:
+    path = PAPER_DIR / f"{name}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _with_paper(stats: pd.DataFrame, paper: pd.DataFrame | None, on: list[str]) -> pd.DataFrame:
+    if paper is None:
+        return stats
+    out = stats.merge(paper, on=on, how="left")
+    out["diff"] = out["mean"] - out["paper_top1"]
+    return out
+
+
+def _teacher_rows(df: pd.DataFrame, students: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The teacher row of a table: the CE records of the teachers these students actually used (by run_id),
+    or, for teachers loaded from a file, their test accuracy measured at the start of the student run."""
+    col = f"{metric}_top1"
+    by_id = df.set_index("run_id")[col].to_dict()
+    rows = []
+    for (dataset, teacher, recipe), g in students.groupby(["dataset", "teacher", "recipe"], sort=True):
+        values = {}
+        for rid, measured in zip(g["teacher_run_id"], g["teacher_test_top1"]):
+            key = rid if rid != "-" else f"file:{measured}"
+            values[key] = by_id.get(rid, measured)
+        vals = pd.Series([v for v in values.values() if v is not None], dtype=float)
+        if not vals.empty:
+            rows.append({"dataset": dataset, "arch": teacher, "recipe": recipe, "method": "teacher", "variant": "",
+                         "mean": vals.mean(), "std": vals.std() if len(vals) > 1 else 0.0, "n_seeds": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def _order(df: pd.DataFrame) -> pd.DataFrame:
+    """Paper order for methods and architectures, alphabetical for anything else."""
+    key = {"method": METHOD_ORDER, "arch": ARCH_ORDER, "teacher": ARCH_ORDER, "student": ARCH_ORDER}
+    sort_cols = [c for c in ("dataset", "recipe", "method", "teacher", "student", "arch", "gamma") if c in df.columns]
+
+    def sorter(col: pd.Series) -> pd.Series:
+        order = key.get(col.name)
+        if order is None:
+            return col
+        return col.map(lambda v: (order.index(v) if v in order else len(order), str(v))).map(lambda t: f"{t[0]:03d}{t[1]}")
+
+    return df.sort_values(sort_cols, key=sorter, kind="mergesort").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- the tables
+def table4(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Teacher = student, long form: one row per (recipe, method, dataset, arch) cell."""
+    sd = df[(df["method"] != "ce") & (df["teacher"] == df["student"]) & ~df["dataset"].isin(LARGE_DATASETS)]
+    if sd.empty:
+        return pd.DataFrame()
+    stats = _best_variant(_agg(sd.rename(columns={"student": "arch"}), ["recipe", "method", "dataset", "arch", "variant"],
+                               metric), ["recipe", "method", "dataset", "arch"])
+    teachers = _teacher_rows(df, sd, metric)
+    stats = pd.concat([teachers, stats], ignore_index=True) if not teachers.empty else stats
+    return _order(_with_paper(stats, _paper("table4"), ["method", "dataset", "arch"]))
+
+
+def wide_table4(long: pd.DataFrame) -> pd.DataFrame:
+    """Rows: recipe × method (teacher first); columns: '<dataset>/<arch> <stat>' for mean, std, n, paper, diff."""
+    if long.empty:
+        return long
+    stats = [c for c in long.columns if c not in ("recipe", "method", "dataset", "arch", "variant")]
+    cells = long.assign(cell=long["dataset"] + "/" + long["arch"])
+    wide = cells.pivot_table(index=["recipe", "method"], columns="cell", values=stats, aggfunc="first")
+    cell_order = _order(long[["dataset", "arch"]].drop_duplicates())
+    ordered = [(s, f"{d}/{a}") for d, a in zip(cell_order["dataset"], cell_order["arch"]) for s in stats]
+    wide = wide.reindex(columns=pd.MultiIndex.from_tuples(ordered))
+    wide.columns = [f"{cell} {stat}" for stat, cell in wide.columns]
+    wide = wide.reset_index()
+    return _order(wide)
+
+
+def fig5_pairs(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Every teacher→student pair of every distillation method (CIFAR-size datasets)."""
+    kd = df[(df["method"] != "ce") & ~df["dataset"].isin(LARGE_DATASETS)]
+    if kd.empty:
+        return pd.DataFrame()
+    stats = _best_variant(_agg(kd, ["recipe", "dataset", "teacher", "student", "method", "variant"], metric),
+                          ["recipe", "dataset", "teacher", "student", "method"])
+    return _order(_with_paper(stats, _paper("fig5_pairs"), ["dataset", "teacher", "student", "method"]))
+
+
+def gamma_grid(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Oracle accuracy per γ (every variant kept: this table is the grid)."""
+    orc = df[df["method"] == "oracle"]
+    if orc.empty:
+        return pd.DataFrame()
+    keys = ["recipe", "dataset", "teacher", "student", "method.gamma", "method.gamma_reduction", "train.batch_size"]
+    stats = _agg(orc, keys, metric).rename(columns={"method.gamma": "gamma", "method.gamma_reduction": "gamma_reduction",
+                                                     "train.batch_size": "batch_size"})
+    return _order(stats)
+
+
+def table5(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Tiny-ImageNet and ImageNet pairs, with the teacher rows."""
+    big = df[df["dataset"].isin(LARGE_DATASETS) & (df["method"] != "ce")]
+    if big.empty:
+        return pd.DataFrame()
+    stats = _best_variant(_agg(big, ["recipe", "dataset", "teacher", "student", "method", "variant"], metric),
+                          ["recipe", "dataset", "teacher", "student", "method"])
+    teachers = _teacher_rows(df, big, metric)
+    if not teachers.empty:
+        teachers = teachers.rename(columns={"arch": "teacher"}).assign(student=lambda t: t["teacher"])
+        stats = pd.concat([teachers, stats], ignore_index=True)
+    return _order(_with_paper(stats, _paper("table5"), ["dataset", "teacher", "student", "method"]))
+
+
+# ----------------------------------------------------------------------------- writing
+def _metric_label(metric: str) -> str:
+    return f"{metric}-epoch test top-1 (%)"
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False, float_format="%.4f", lineterminator="\n").encode()
+
+
+def to_markdown(df: pd.DataFrame, title: str) -> str:
+    """A plain GitHub-flavoured Markdown table (no extra dependency)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if pd.isna(v) else f"{v:.2f}"
+        return str(v)
+
+    lines = [f"# {title}", "", "| " + " | ".join(map(str, df.columns)) + " |",
+             "|" + "|".join("---" for _ in df.columns) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_fig5(fig5: pd.DataFrame, path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for dataset, d in fig5.groupby("dataset", sort=True):
+        students = [s for s in ARCH_ORDER if s in set(d["student"])] + sorted(set(d["student"]) - set(ARCH_ORDER))
+        fig, axes = plt.subplots(1, len(students), figsize=(4 * len(students), 3.6), squeeze=False)
+        for ax, student in zip(axes[0], students):
+            g = d[d["student"] == student]
+            teachers = [t for t in ARCH_ORDER if t in set(g["teacher"])] + sorted(set(g["teacher"]) - set(ARCH_ORDER))
+            for method in [m for m in METHOD_ORDER if m in set(g["method"])]:
+                m = g[g["method"] == method].set_index("teacher").reindex(teachers)
+                ax.errorbar(range(len(teachers)), m[f"{metric}_top1_mean"], yerr=m[f"{metric}_top1_std"], marker="o",
+                            capsize=3, label=method)
+            ax.set_xticks(range(len(teachers)), teachers, rotation=30)
+            ax.set_title(f"student {student}")
+            ax.set_xlabel("teacher")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(_metric_label(metric))
+        axes[0][-1].legend(fontsize=8)
+        fig.suptitle(f"Figure 5 pairs — {dataset}")
+        fig.tight_layout()
+        fig.savefig(path.with_name(f"{path.stem}_{dataset}.png"), dpi=110)
+        plt.close(fig)
+
+
+def _plot_gamma(grid: pd.DataFrame, path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (dataset, teacher, student, red), g in grid.groupby(["dataset", "teacher", "student", "gamma_reduction"], sort=True):
+        g = g.sort_values("gamma")
+        ax.errorbar(g["gamma"], g[f"{metric}_top1_mean"], yerr=g[f"{metric}_top1_std"], marker="o", capsize=3,
+                    label=f"{dataset} {teacher}→{student} ({red})")
+    ax.set_xlabel("γ")
+    ax.set_ylabel(_metric_label(metric))
+    ax.set_title("Oracle KD: student accuracy vs γ")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(out: Path, name: str, df: pd.DataFrame, title: str) -> list[Path]:
+    atomic_write_bytes(out / f"{name}.csv", _csv(df))
+    atomic_write_bytes(out / f"{name}.md", to_markdown(df, title).encode())
+    return [out / f"{name}.csv", out / f"{name}.md"]
+
+
+def oracle_teacher(roots: Iterable[str | Path]) -> pd.DataFrame:
+    """The oracle-teacher analyses (task=analyze) with the paper's numbers beside them: Table 1 top-1 and
+    Table 3 entropy (scratch = γ 0, oracle = γ > 0) and Figure 4 silhouettes (per γ, released notebook)."""
+    ana = collect_analysis(roots)
+    paper = _paper("oracle_teacher")
+    if ana.empty or paper is None:
+        return ana
+    tables_1_3 = paper[paper["gamma"].isna()]
+    for metric in ("top1", "entropy_bits"):
+        p = tables_1_3[tables_1_3["metric"] == metric][["dataset", "arch", "original", "oracle"]]
+        p = p.rename(columns={"arch": "teacher", "original": f"paper_{metric}_scratch", "oracle": f"paper_{metric}_oracle"})
+        ana = ana.merge(p, on=["dataset", "teacher"], how="left")
+    fig4 = paper[paper["gamma"].notna()]
+    zero = fig4.drop_duplicates("metric").assign(gamma=0.0, oracle=lambda d: d["original"])
+    fig4 = pd.concat([zero, fig4], ignore_index=True).pivot_table(index=["dataset", "arch", "gamma"], columns="metric",
+                                                                 values="oracle", aggfunc="first")
+    fig4.columns = [f"paper_{c}_tsne_train" for c in fig4.columns]
+    fig4 = fig4.reset_index().rename(columns={"arch": "teacher"})
+    return ana.merge(fig4, on=["dataset", "teacher", "gamma"], how="left")
+
+
+def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: str = "best",
+                 plots: bool = True) -> dict[str, pd.DataFrame]:
+    """Read every record under the roots and write results/*.csv (+ .md, .png). Returns the tables."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}")
+    roots = list(roots)
+    out = Path(results_dir)
+    analysis = oracle_teacher(roots)
+    tables: dict[str, pd.DataFrame] = {}
+    if not analysis.empty:
+        tables["oracle_teacher"] = analysis
+        _write(out, "oracle_teacher", analysis, "Oracle teacher teacher(x*(γ)): Tables 1-3, Figure 4")
+    df, problems = read_results(roots)
+    for p in problems:
+        log.warning("skipped %s", p)
+    label = _metric_label(metric)
+    tables["runs"] = df
+    if df.empty:
+        log.warning("no finished runs under %s", ", ".join(map(str, roots)))
+        return tables
+    atomic_write_bytes(out / "runs.csv", _csv(df))
+    named = {"mean": f"{metric}_top1_mean", "std": f"{metric}_top1_std"}
+    t4 = table4(df, metric).rename(columns=named)
+    builders = {"table4_long": (t4, f"Table 4 (teacher = student), long form — {label}"),
+                "table4": (wide_table4(t4), f"Table 4 (teacher = student) — {label}"),
+                "fig5_pairs": (fig5_pairs(df, metric), f"Figure 5: teacher-student pairs — {label}"),
+                "gamma_grid": (gamma_grid(df, metric), f"Oracle γ grid — {label}"),
+                "table5": (table5(df, metric), f"Table 5: Tiny-ImageNet / ImageNet — {label}")}
+    for name, (table, title) in builders.items():
+        if table.empty:
+            continue
+        table = table.rename(columns=named)
+        tables[name] = table
+        _write(out, name, table, title)
+    if plots:
+        if "fig5_pairs" in tables:
+            _plot_fig5(tables["fig5_pairs"], out / "fig5_pairs.png", metric)
+        if "gamma_grid" in tables:
+            _plot_gamma(tables["gamma_grid"], out / "gamma_grid.png", metric)
+    return tables
+
+
+def summary_text(df: pd.DataFrame, metric: str) -> str:
+    """A compact console table: mean ± std over seeds per dataset/teacher/student/method."""
+    if df.empty:
+        return "no finished runs"
+    stats = _agg(df, ["dataset", "teacher", "student", "method"], metric)
+    stats = _order(stats)
+    stats[_metric_label(metric)] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(stats["mean"], stats["std"])]
+    return stats[["dataset", "teacher", "student", "method", "n_seeds", _metric_label(metric)]].to_string(index=False)
+
+
+@dataclass
+class TablesConfig:
+    """Which accuracy the tables show (best epoch, as the paper, or last epoch) and extra folders of run
+    records to read besides the store."""
+
+    metric: str = "best"
+    roots: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        choice("tables.metric", self.metric, METRICS)
+
+
+@register_task("tables", "aggregate the store into the paper's tables (CSV, Markdown, PNG) under results/",
+               section="tables", config=TablesConfig)
+def tables_task(rc: RunConfig) -> dict[str, pd.DataFrame]:
+    return tables([rc.store, *rc.tables.roots], rc.results_dir, rc.tables.metric)
+
+
+def tables(roots: Iterable[str | Path], results_dir: str | Path, metric: str = "best") -> dict[str, pd.DataFrame]:
+    """Write the tables, print the summary and where the files are."""
+    roots = list(roots)
+    built = build_tables(roots, results_dir, metric)
+    print(summary_text(built["runs"], metric), flush=True)
+    if len(built) > 1:
+        print(f"\nwrote {', '.join(k for k in built if k != 'runs')} (+ runs.csv, .md, .png) to {results_dir}/", flush=True)
+    return built

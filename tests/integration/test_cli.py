@@ -1,0 +1,66 @@
+"""Bad config values give one clear line (exit 2), through the real command line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from oracle_kd.cli import main
+from oracle_kd.models import build_model
+
+TINY = ["train.epochs=1", "teacher=resnet8", "student=resnet8", "progress=false"]
+
+
+def error_line(capsys, argv, tmp_path) -> str:
+    code = main([f"store={tmp_path}/runs", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["method=oracel"], "unknown method 'oracel'; choose one of: at, ce, dkd, fitnet, kd, oracle, oracle_paper, sad"),
+    (["student=resnet21"], "unknown student 'resnet21'; choose one of:"),
+    (["teacher=vgg"], "unknown teacher 'vgg'; choose one of:"),
+    (["dataset=mnist"], "unknown dataset 'mnist'; choose one of: cifar10, cifar100, digits"),
+    (["student.arch=resnet21"], "student.arch='resnet21' is not one of: resnet8,"),
+    (["method=oracle", "method.gamma=-1"], "method.gamma=-1.0 must be >= 0"),
+    (["method=oracle", "method.gamma_reduction=max"], "method.gamma_reduction='max' is not one of: mean, sum"),
+    (["method=kd", "method.temperature=0"], "method.temperature=0.0 must be > 0"),
+    (["method=oracle", "method.gamma=abc"], "method.gamma='abc': wrong type, expected float"),
+    (["method=oracle", "method.gamam=0.5"],
+     "unknown key 'method.gamam'; method accepts: alpha, ce_weight, ce_weight_by_teacher, gamma,"),
+    (["method=ce", "method.gamma=0.5"], "unknown key 'method.gamma'; method accepts: ce_weight, ce_weight_by_teacher, name"),
+    (["train.epochs=0"], "train.epochs=0 must be >= 1"),
+    (["hardware.precision=fp8"], "hardware.precision='fp8' is not one of: fp32, bf16"),
+    (["sed=1"], "unknown key 'sed'"),
+])
+def test_bad_values_are_one_line(capsys, tmp_path, argv, expected):
+    assert expected in error_line(capsys, [*TINY, *argv], tmp_path)
+
+
+def test_missing_dataset_dir_is_one_line(capsys, tmp_path):
+    line = error_line(capsys, [*TINY, "dataset=cifar100", f"dataset.root={tmp_path}/nowhere"], tmp_path)
+    assert "cifar-100-python" in line and str(tmp_path / "nowhere") in line
+
+
+def test_mismatched_teacher_checkpoint_is_one_line(capsys, tmp_path):
+    ckpt = tmp_path / "cifar100_resnet20.pth"
+    torch.save({"model": build_model("resnet20", 100, 3).state_dict()}, ckpt)  # 100 classes, 3 channels
+    line = error_line(capsys, [*TINY, "method=kd", "teacher=resnet20", f"teacher.checkpoint={ckpt}"], tmp_path)
+    assert "does not fit resnet20 (10 classes)" in line
+    assert "fc.weight (100, 64) vs (10, 64)" in line or "conv1.weight (16, 3, 3, 3) vs (16, 1, 3, 3)" in line
+
+
+def test_missing_teacher_checkpoint_is_one_line(capsys, tmp_path):
+    line = error_line(capsys, [*TINY, "method=kd", f"teacher.checkpoint={tmp_path}/none.pth"], tmp_path)
+    assert "teacher.checkpoint=" in line and "no such file" in line
+
+
+def test_conflicting_hydra_flags_are_one_line(capsys, tmp_path):
+    line = error_line(capsys, ["-m", "--cfg", "job"], tmp_path)
+    assert "Only one of --run, --multirun" in line

@@ -1,0 +1,86 @@
+"""The γ tuner: a relaunch continues its study, two processes share a JournalFileStorage, the short
+student objective reports per-epoch values; digits with a tiny teacher (shared with test_analysis.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from oracle_setting import ORACLE_BASE
+
+from oracle_kd.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = [*ORACLE_BASE]
+
+
+@pytest.fixture
+def store(teacher_store: Path) -> Path:
+    return teacher_store
+
+
+def only_study(storage) -> optuna.study.Study:
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage)
+
+
+def test_relaunch_continues_the_study(store, tmp_path, capsys):
+    db = tmp_path / "db" / "optuna.db"
+    args = [f"store={store}", *BASE, "task=tune", "tune.n_trials=4", f"tune.storage=sqlite:///{db}"]
+    assert main(args) == 0
+    assert main(args) == 0
+    study = only_study(f"sqlite:///{db}")
+    trials = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(study.trials) == 8 and len(trials) == 8
+    assert len({t.params["gamma"] for t in trials}) == 8  # a relaunch does not replay the same γs
+    assert all(0.01 <= t.params["gamma"] <= 4.0 and -1 <= t.value <= 1 for t in trials)
+    assert {"top1", "ece", "entropy_bits"} <= set(trials[0].user_attrs)
+
+    out = capsys.readouterr().out
+    best = max(trials, key=lambda t: t.value)
+    assert f"method=oracle method.gamma={best.params['gamma']:.4g}" in out
+    folder = store / "digits" / "tune" / study.study_name
+    summary = json.loads((folder / "best.json").read_text())
+    assert summary["n_trials"] == 8 and summary["best_gamma"] == best.params["gamma"]
+    assert len((folder / "trials.csv").read_text().splitlines()) == 9
+    assert (folder / "score_vs_gamma.png").stat().st_size > 1000
+
+
+def test_two_workers_share_a_journal(store, tmp_path):
+    journal = tmp_path / "shared" / "study.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "run.py", f"store={store}", *BASE, "task=tune", "tune.n_trials=3",
+                               "tune.sampler=random", f"tune.journal={journal}", f"tune.worker={w}",
+                               "hardware.threads=1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for w in (0, 1)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = only_study(storage)
+    assert len(study.trials) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert len({t.params["gamma"] for t in study.trials}) == 6  # the workers' samplers are seeded apart
+
+
+def test_student_objective_reports_each_epoch(store, tmp_path):
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert main([f"store={store}", *BASE, "task=tune", "student=resnet8", "tune.objective=student_acc",
+                 "tune.student_epochs=2", "tune.n_trials=1", f"tune.storage={db}"]) == 0
+    (trial,) = only_study(db).trials
+    assert sorted(trial.intermediate_values) == [1, 2]
+    result = json.loads((Path(trial.user_attrs["run_folder"]) / "result.json").read_text())
+    assert result["epochs"] == 2 and result["method"] == "oracle" and trial.value == result["best_top1"]
+    assert result["semantic"]["method"]["gamma"] == trial.params["gamma"]
+
+
+def test_bad_tune_settings_are_one_line_errors(store, capsys):
+    assert main([f"store={store}", *BASE, "task=tune", "tune.gamma_low=0"]) == 2
+    assert main([f"store={store}", *BASE, "task=tune", "tune.labels=coarse"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "error: tune.gamma_low=0.0 must be > 0 with tune.log_scale=true"
+    assert err[1].startswith("error: tune.labels=coarse but dataset 'digits' has no coarse labels")

@@ -1,0 +1,63 @@
+"""Configs mirror the code: every default has one home (the dataclass); the yaml files under conf/ that
+show a schema's defaults agree with it key for key; teacher/student options come from the model registry;
+`--help` lists the user's options only."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from omegaconf import OmegaConf
+
+import oracle_kd.tasks  # noqa: F401  (registers every task and its section)
+from oracle_kd.cli import help_text
+from oracle_kd.config import CONF_DIR, HardwareConfig, TrainConfig, group_options, sections
+from oracle_kd.methods import available_methods, method_entry
+from oracle_kd.models import available_models
+
+
+def _yaml(path) -> dict:
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    data.pop("defaults", None)
+    return data
+
+
+@pytest.mark.parametrize("name", sorted(sections()))
+def test_section_yaml_shows_the_dataclass_defaults(name: str) -> None:
+    assert _yaml(CONF_DIR / name / "default.yaml") == dataclasses.asdict(sections()[name]())
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_method_yaml_agrees_with_the_dataclass_defaults(name: str) -> None:
+    """conf/method/<name>.yaml documents the method; each value it shows is the schema's default."""
+    _, cfg_cls = method_entry(name)
+    shown = _yaml(CONF_DIR / "method" / f"{name}.yaml")
+    defaults = dataclasses.asdict(cfg_cls())
+    assert set(shown) <= set(defaults) and shown == {k: defaults[k] for k in shown}
+
+
+def test_the_default_train_preset_is_the_schema() -> None:
+    assert _yaml(CONF_DIR / "train" / "paper.yaml") == dataclasses.asdict(TrainConfig())
+
+
+@pytest.mark.parametrize("preset", group_options("hardware"))
+def test_hardware_presets_change_only_what_they_list(preset: str) -> None:
+    """Presets start from HardwareConfig and list only differences (device always, for clarity)."""
+    data = _yaml(CONF_DIR / "hardware" / f"{preset}.yaml")
+    defaults = dataclasses.asdict(HardwareConfig())
+    assert set(data) <= set(defaults)
+    assert all(v != defaults[k] for k, v in data.items() if k != "device"), data
+
+
+def test_teacher_and_student_options_are_the_model_registry() -> None:
+    assert group_options("teacher") == group_options("student") == available_models()
+    assert not (CONF_DIR / "teacher").exists() and not (CONF_DIR / "student").exists()
+
+
+def test_help_lists_user_options_only() -> None:
+    text = help_text()
+    assert "_schema" not in text
+    for option in [*available_methods(), "oracle_paper", "resnet56", "quick", "gpu", "cifar100"]:
+        assert option in text
+    for task in ("train", "plan", "tables", "analyze", "tune", "bench"):
+        assert f"  {task} " in text
