@@ -1,9 +1,11 @@
 """Structured configs (the schema of conf/) and their validation.
 
-Hydra composes `conf/`; every group is backed by a dataclass registered here, so an unknown key or a
-value of the wrong type fails at composition. `validate` then checks ranges and names (architectures,
-datasets, presets) and turns the composed DictConfig into typed objects the rest of the code uses.
-All failures are `ConfigError`s with one line that names the key and the allowed values.
+Hydra composes `conf/`; every group is backed by a dataclass (the run's groups here, each method's in its
+file, each task's section beside the task), so an unknown key or a value of the wrong type fails at
+composition, and the dataclass is the one home of every default. `validate` then checks ranges and
+names (architectures, datasets, presets, every section's own `validate`) and turns the composed
+DictConfig into typed objects the rest of the code uses. All failures are `ConfigError`s with one line
+that names the key and the allowed values.
 """
 
 from __future__ import annotations

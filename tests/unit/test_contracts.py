@@ -1,0 +1,93 @@
+"""The two contracts every registered model and method must keep, checked over the registries: a new
+architecture or method is covered by adding it, with no test to write first.
+
+Features: forward returns (logits, Features) with the stem and stage outputs, every block's output and
+the pooled fc input. Distiller: a frozen teacher (eval mode, no gradients, never optimised), named fp32
+loss terms, and trainable state that is exactly student + extras."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oracle_kd.core.features import Features
+from oracle_kd.engine.step import train_step
+from oracle_kd.methods import available_methods, build_distiller, method_entry
+from oracle_kd.models import available_models, build_model
+
+SHAPE = (3, 16, 16)
+CLASSES = 7
+
+
+@pytest.mark.parametrize("arch", available_models())
+def test_every_model_returns_logits_and_features(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch, CLASSES, SHAPE[0], image_size=SHAPE[1]).eval()
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        logits, feats = model(x)
+    assert isinstance(feats, Features)
+    assert logits.shape == (2, CLASSES)
+    assert len(feats.stages) >= 2 and len(feats.blocks) >= len(feats.stages) - 1
+    assert all(f.dim() == 4 and f.shape[0] == 2 for f in [*feats.stages, *feats.blocks])
+    assert feats.blocks[-1] is feats.stages[-1]  # the last stage ends with its last block
+    assert torch.equal(feats.pooled, feats.stages[-1].mean(dim=(2, 3)))  # the fc input is the pooled last map
+    torch.testing.assert_close(model.fc(feats.pooled), logits)
+
+
+def _pair(name: str) -> tuple:
+    torch.manual_seed(0)
+    teacher = build_model("resnet14", CLASSES, SHAPE[0], image_size=SHAPE[1])
+    student = build_model("resnet8", CLASSES, SHAPE[0], image_size=SHAPE[1])
+    cls, cfg_cls = method_entry(name)
+    cfg = cfg_cls()
+    cfg.validate()  # a method's defaults are valid
+    return build_distiller(cfg, student, teacher if cls.needs_teacher else None, SHAPE), cls
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_keeps_the_distiller_contract(name: str) -> None:
+    d, cls = _pair(name)
+    d.train()
+    teacher = d.teacher
+    if cls.needs_teacher:
+        assert teacher is not None and not teacher.training
+        assert not any(p.requires_grad for p in teacher.parameters())
+        teacher_ids = {id(p) for p in teacher.parameters()}
+        assert not teacher_ids & {id(p) for p in d.trainable_parameters()}
+    else:
+        assert teacher is None
+    assert {id(p) for p in d.student.parameters()} <= {id(p) for p in d.trainable_parameters()}
+    assert not any(k.startswith("teacher.") for k in d.trainable_state_dict())
+
+    x, y = torch.randn(6, *SHAPE), torch.randint(0, CLASSES, (6,))
+    logits, losses = d.forward_train(x, y, 1)
+    assert logits.shape == (6, CLASSES) and losses
+    for term, value in losses.items():
+        assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value), term
+    assert set(losses) >= {"ce"} and losses["ce"].item() == pytest.approx(
+        d.cfg.ce_weight * F.cross_entropy(logits.float(), y).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_a_step_trains_the_student_and_never_the_teacher(name: str) -> None:
+    d, cls = _pair(name)
+    d.train()
+    teacher_before = copy.deepcopy(d.teacher.state_dict()) if d.teacher is not None else {}
+    student_before = copy.deepcopy(d.student.state_dict())
+    state_before = copy.deepcopy(d.trainable_state_dict())
+    opt = torch.optim.SGD(d.trainable_parameters(), lr=0.1)
+    x, y = torch.randn(6, *SHAPE), torch.randint(0, CLASSES, (6,))
+    train_step(d.forward_train, opt, x, y, 1, contextlib.nullcontext())
+    for k, v in teacher_before.items():  # weights and BN running statistics alike
+        assert torch.equal(d.teacher.state_dict()[k], v), k
+    assert any(not torch.equal(d.student.state_dict()[k], v) for k, v in student_before.items())
+
+    d2, _ = _pair(name)  # resuming: the trainable state alone restores the run's weights
+    d2.load_trainable_state_dict(d.trainable_state_dict())
+    assert all(torch.equal(d2.trainable_state_dict()[k], v) for k, v in d.trainable_state_dict().items())
+    assert set(state_before) == set(d2.trainable_state_dict())
