@@ -13,6 +13,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -171,8 +172,8 @@ class _TrainStep(nn.Module):
         super().__init__()
         self.distiller = distiller
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: int):
-        return self.distiller.forward_train(x, y, epoch)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: int, teacher_out: Any = None):
+        return self.distiller.forward_train(x, y, epoch, teacher_out)
 
 
 def wrap_for_training(distiller: nn.Module, env: DistEnv, device: torch.device, *, sync_bn: bool):

@@ -27,6 +27,7 @@ class TrainState:
     wall_time_s: float = 0.0
     train_time_s: float = 0.0
     train_images: int = 0
+    cohort_time_s: float = 0.0  # the cohort's training time over this run's epochs (= train_time_s when solo)
 
     def record_eval(self, epoch: int, top1: float, top5: float) -> None:
         if top1 > self.best_top1:

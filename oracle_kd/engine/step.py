@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.config import TrainConfig
+from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.data import BatchLoader, FolderLoader
 from oracle_kd.engine import distributed
 
@@ -41,13 +42,14 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def train_step(forward_train: ForwardTrain, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                epoch: int, amp: contextlib.AbstractContextManager, loss_scale: float = 1.0,
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+               teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimisation step, exactly as the runner takes it (the benchmark times this very function).
 
     Returns (student logits, loss terms, total loss), all still on the device: nothing here waits for
-    the device. `loss_scale` multiplies the loss before backward (DDP uses it for uneven shards)."""
+    the device. `loss_scale` multiplies the loss before backward (DDP uses it for uneven shards);
+    `teacher_out` is the teacher's output on this batch when the engine computed it for several runs."""
     with amp:
-        logits, losses = forward_train(x, y, epoch)
+        logits, losses = forward_train(x, y, epoch, teacher_out)
     loss = sum(losses.values())
     optimizer.zero_grad(set_to_none=True)
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()

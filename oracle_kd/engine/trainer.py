@@ -21,12 +21,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle_kd.config import RunConfig
+from oracle_kd.core.teacher_view import TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, load_dataset
 from oracle_kd.engine import distributed
+from oracle_kd.engine.cohort import check_cohort
 from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.teacher import build_teacher, identify, needs_teacher, teacher_run_config
+from oracle_kd.errors import ConfigError
 from oracle_kd.methods import Distiller, build_distiller
 from oracle_kd.models import build_model
 from oracle_kd.store import record
@@ -67,7 +70,8 @@ def obtain_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tup
 
 @dataclass
 class Stream:
-    """The device, the data and its batches, and the frozen teacher: everything a run reads but does not own."""
+    """The device, the data and its batches, and the frozen teacher: what every run of a cohort reads
+    but none owns. Teacher outputs are computed here, once per batch for all runs that ask the same."""
 
     env: distributed.DistEnv
     device: torch.device
@@ -76,7 +80,8 @@ class Stream:
     teacher: nn.Module | None = None
     teacher_info: dict[str, Any] | None = None
     train_loader: Loader | None = None
-    test_loader: Loader | None = None
+    loader_kw: dict[str, Any] = field(default_factory=dict)
+    test_loaders: dict[int, Loader] = field(default_factory=dict)
 
     @classmethod
     def open(cls, rc: RunConfig, env: distributed.DistEnv, device_name: str) -> "Stream":
@@ -89,16 +94,34 @@ class Stream:
 
     def open_loaders(self, rc: RunConfig) -> None:
         """The batch stream: a pure function of (seed, epoch), sharded per DDP rank."""
-        kw = dict(seed=rc.seed, device=self.device, channels_last=rc.hardware.channels_last,
-                  workers=rc.dataset.workers, shard=self.env.shard)
+        self.loader_kw = dict(seed=rc.seed, device=self.device, channels_last=rc.hardware.channels_last,
+                              workers=rc.dataset.workers, shard=self.env.shard)
         t = rc.train
         self.train_loader = build_loader(self.data, "train", batch_size=t.batch_size, pad=rc.dataset.crop_pad,
-                                         flip=rc.dataset.flip, drop_last=t.drop_last, **kw)
-        self.test_loader = build_loader(self.data, "test", batch_size=t.eval_batch_size, **kw)
+                                         flip=rc.dataset.flip, drop_last=t.drop_last, **self.loader_kw)
 
-    def evaluate_teacher(self) -> None:
-        if self.teacher is not None and self.teacher_info is not None:
-            self.teacher_info["test"] = evaluate(self.teacher, self.test_loader, self.amp, self.env)
+    def test_loader(self, batch_size: int) -> Loader:
+        """The in-order test split at a run's eval batch size (one loader per distinct size)."""
+        if batch_size not in self.test_loaders:
+            self.test_loaders[batch_size] = build_loader(self.data, "test", batch_size=batch_size, **self.loader_kw)
+        return self.test_loaders[batch_size]
+
+    def teacher_report(self, eval_batch_size: int) -> dict[str, Any] | None:
+        """The teacher's record for a run: where it came from and its test accuracy (at the run's eval batch)."""
+        if self.teacher is None or self.teacher_info is None:
+            return None
+        key = f"test@{eval_batch_size}"
+        if key not in self.teacher_info:
+            self.teacher_info[key] = evaluate(self.teacher, self.test_loader(eval_batch_size), self.amp, self.env)
+        info = {k: v for k, v in self.teacher_info.items() if not k.startswith("test@")}
+        return {**info, "test": self.teacher_info[key]}
+
+    def teacher_outputs(self, inputs: list[TeacherInput], x: torch.Tensor, y: torch.Tensor,
+                        mean_over: int | None) -> dict[TeacherInput, TeacherOut]:
+        if not inputs or self.teacher is None:
+            return {}
+        with self.amp:
+            return teacher_outputs(self.teacher, inputs, x, y, mean_over=mean_over)
 
 
 # ----------------------------------------------------------------------------- what a run owns
@@ -130,186 +153,277 @@ class EpochMeter:
 
 
 @dataclass
-class Member:
-    """One run's own part: its folder and record, student + method extras, optimizer, schedule and state."""
+class Job:
+    """A run to train: its config and identity."""
 
     rc: RunConfig
     semantic: dict[str, Any]
     rid: str
     folder: Path
+
+    @classmethod
+    def of(cls, rc: RunConfig) -> "Job":
+        return cls(rc, *identify(rc))
+
+
+@dataclass
+class Member:
+    """One run's own part: its folder and record, student + method extras, optimizer, schedule and state."""
+
+    job: Job
     main: bool
     distiller: Distiller
     forward_train: ForwardTrain
     optimizer: torch.optim.Optimizer
+    teacher_info: dict[str, Any] | None = None
     state: TrainState = field(default_factory=TrainState)
     last_eval: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
 
     @classmethod
-    def build(cls, rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path, stream: Stream) -> "Member":
+    def build(cls, job: Job, stream: Stream) -> "Member":
         """Seed, then build the student and the method (a shape probe may draw from the RNG) on the device."""
+        rc = job.rc
         seed_everything(rc.seed)
         data, device = stream.data, stream.device
         student = prepare_model(build_model(rc.student.arch, data.num_classes, data.in_channels,
                                             image_size=data.image_size, stem=rc.student.stem), device, rc.hardware)
         input_shape = (data.in_channels, data.image_size, data.image_size)
-        distiller = build_distiller(rc.method, student, stream.teacher, input_shape).to(device)
+        teacher = stream.teacher if needs_teacher(rc) else None
+        distiller = build_distiller(rc.method, student, teacher, input_shape).to(device)
         forward_train = distributed.wrap_for_training(distiller, stream.env, device, sync_bn=rc.hardware.sync_bn)
         optimizer = make_optimizer(distiller.trainable_parameters(), rc.train)
-        return cls(rc, semantic, rid, folder, stream.env.is_main, distiller, forward_train, optimizer)
+        return cls(job, stream.env.is_main, distiller, forward_train, optimizer)
+
+    @property
+    def rc(self) -> RunConfig:
+        return self.job.rc
 
     @property
     def label(self) -> str:
         teacher = self.rc.teacher.arch if self.distiller.teacher is not None else "none"
         return f"{self.rc.method.name} {teacher}->{self.rc.student.arch}"
 
+    @property
+    def training(self) -> bool:
+        """Epochs left and not stopped by stop_after_epoch."""
+        return not self.stopped and self.state.epoch < self.rc.train.epochs
+
     def write_config(self) -> None:
         if self.main:
-            atomic_write_json(self.folder / record.CONFIG, {"run_id": self.rid, "semantic": self.semantic,
-                                                            "config": self.rc.as_dict()})
+            atomic_write_json(self.job.folder / record.CONFIG, {"run_id": self.job.rid, "semantic": self.job.semantic,
+                                                                "config": self.rc.as_dict()})
 
     def resume(self, device: torch.device) -> None:
         """Continue from last.pt (metrics rows beyond it are dropped), or start clean."""
-        metrics, ckpt = self.folder / record.METRICS, self.folder / record.CHECKPOINT
+        metrics, ckpt = self.job.folder / record.METRICS, self.job.folder / record.CHECKPOINT
         if ckpt.exists():
             self.state = load_checkpoint(ckpt, self.distiller, self.optimizer, device)
             if self.main:
                 write_metrics(metrics, [r for r in read_metrics(metrics) if r["epoch"] <= self.state.epoch])
-            log.info("resuming run %s from epoch %d/%d", self.rid, self.state.epoch, self.rc.train.epochs)
+            log.info("resuming run %s from epoch %d/%d", self.job.rid, self.state.epoch, self.rc.train.epochs)
         elif self.main and metrics.exists():
             metrics.unlink()  # rows of a launch that died before its first checkpoint
 
+    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: float, stream: Stream,
+             global_batch: int | None, outs: dict[TeacherInput, TeacherOut], meter: EpochMeter) -> None:
+        """One optimisation step on the shared batch (per-step warm-up, DDP shard weighting)."""
+        t = self.rc.train
+        if epoch <= t.warmup_epochs:
+            set_lr(self.optimizer, lr_at(t, epoch, progress))
+        scale = 1.0
+        if global_batch is not None:  # a shard: DDP averages over ranks, so weight it by its share of the batch
+            self.distiller.global_batch_size = global_batch
+            scale = y.numel() * stream.env.world_size / global_batch
+        inp = self.distiller.teacher_input()
+        logits, losses, loss = train_step(self.forward_train, self.optimizer, x, y, epoch, stream.amp, scale,
+                                          outs.get(inp) if inp is not None else None)
+        meter.add(logits, losses, loss, y, self.distiller.global_batch_size)
+
     def save_epoch(self, row: dict[str, Any]) -> None:
         if self.main:
-            append_metrics(self.folder / record.METRICS, row)
-            save_checkpoint(self.folder / record.CHECKPOINT, self.distiller, self.optimizer, self.state, row["lr"])
+            append_metrics(self.job.folder / record.METRICS, row)
+            save_checkpoint(self.job.folder / record.CHECKPOINT, self.distiller, self.optimizer, self.state, row["lr"])
 
 
 # ----------------------------------------------------------------------------- the trainer
 class Trainer:
-    """Phases: setup → resume → (epoch → evaluate)* → finish; `fit` runs them."""
+    """Trains runs that share one Stream (a cohort; a solo run is a cohort of one), each batch drawn once.
 
-    def __init__(self, rc: RunConfig, semantic: dict[str, Any], rid: str, folder: Path, env: distributed.DistEnv,
-                 device_name: str) -> None:
-        self.rc, self.semantic, self.rid, self.folder = rc, semantic, rid, folder
-        self.env, self.device_name = env, device_name
+    Phases: setup → resume → (epoch → evaluate)* → finish; `fit` runs them. Members at different epochs
+    (a relaunch after some had gone further) never share a batch across epochs: the laggards train alone
+    until everyone is at the same epoch."""
+
+    def __init__(self, jobs: list[Job], env: distributed.DistEnv, device_name: str) -> None:
+        self.jobs, self.env, self.device_name = jobs, env, device_name
 
     def setup(self) -> None:
-        """Open the stream (training an auto teacher first if needed), build the run, then the loaders."""
-        self.stream = Stream.open(self.rc, self.env, self.device_name)
-        self.member = Member.build(self.rc, self.semantic, self.rid, self.folder, self.stream)
-        self.stream.open_loaders(self.rc)
-        self.member.write_config()
-        self.stream.evaluate_teacher()
+        """Open the stream (training an auto teacher first if needed), build the runs, then the loaders."""
+        stream_rc = next((j.rc for j in self.jobs if needs_teacher(j.rc)), self.jobs[0].rc)
+        self.stream = Stream.open(stream_rc, self.env, self.device_name)
+        self.members = [Member.build(job, self.stream) for job in self.jobs]
+        self.stream.open_loaders(self.jobs[0].rc)
+        for m in self.members:
+            m.write_config()
+            if m.distiller.teacher is not None:
+                m.teacher_info = self.stream.teacher_report(m.rc.train.eval_batch_size)
 
     def resume(self) -> None:
-        self.member.resume(self.stream.device)
+        for m in self.members:
+            m.resume(self.stream.device)
 
-    def epoch(self, epoch: int, bar: Any) -> EpochMeter:
-        """One epoch of steps at the schedule's rate (with a per-step warm-up); returns its meter."""
-        m, s, t = self.member, self.stream, self.rc.train
+    def epoch(self, epoch: int, group: list[Member], bar: Any) -> tuple[list[EpochMeter], list[float]]:
+        """One epoch of shared batches for `group`; returns each member's meter and its share of the time."""
+        s = self.stream
         loader = s.train_loader
         steps = len(loader)
-        warming = epoch <= t.warmup_epochs
-        set_lr(m.optimizer, lr_at(t, epoch))
-        m.distiller.train()
-        meter = EpochMeter(s.device)
+        for m in group:
+            set_lr(m.optimizer, lr_at(m.rc.train, epoch))
+            m.distiller.train()
+        meters = [EpochMeter(s.device) for _ in group]
+        own = [0.0] * len(group)
+        inputs = [i for i in (m.distiller.teacher_input() for m in group) if i is not None]
+        start = time.perf_counter()
         for step, (x, y) in enumerate(loader.epoch(epoch)):
-            if warming:
-                set_lr(m.optimizer, lr_at(t, epoch, (step + 1) / steps))
-            scale = 1.0
-            if s.env.active:  # a shard: DDP averages over ranks, so weight it by its share of the global batch
-                m.distiller.global_batch_size = loader.global_batch_size(step)
-                scale = y.numel() * s.env.world_size / m.distiller.global_batch_size
-            logits, losses, loss = train_step(m.forward_train, m.optimizer, x, y, epoch, s.amp, scale)
-            meter.add(logits, losses, loss, y, m.distiller.global_batch_size)
-            bar.update(1)
-        return meter
+            global_batch = loader.global_batch_size(step) if s.env.active else None
+            outs = s.teacher_outputs(inputs, x, y, global_batch)
+            for i, m in enumerate(group):
+                t0 = time.perf_counter()
+                m.step(x, y, epoch, (step + 1) / steps, s, global_batch, outs, meters[i])
+                own[i] += time.perf_counter() - t0
+            bar.update(len(group))
+        total = time.perf_counter() - start
+        shared = (total - sum(own)) / len(group)  # data and teacher: split evenly
+        return meters, [(o + shared) / total if total > 0 else 1.0 / len(group) for o in own]
 
-    def evaluate(self, epoch: int, meter: EpochMeter, epoch_start: float) -> dict[str, Any]:
+    def evaluate(self, m: Member, epoch: int, meter: EpochMeter, train_time: float, cohort_time: float) -> dict[str, Any]:
         """Test the student, update the state, write the metrics row and last.pt; returns the row."""
-        m, s = self.member, self.stream
-        train_metrics = meter.totals(s.env)
-        train_time = time.perf_counter() - epoch_start
-        m.last_eval = evaluate(m.distiller.student, s.test_loader, s.amp, s.env)
+        start = time.perf_counter()
+        train_metrics = meter.totals(self.env)
+        m.last_eval = evaluate(m.distiller.student, self.stream.test_loader(m.rc.train.eval_batch_size),
+                               self.stream.amp, self.env)
         m.state.train_time_s += train_time
+        m.state.cohort_time_s += cohort_time
         m.state.train_images += meter.seen
         m.state.record_eval(epoch, m.last_eval["top1"], m.last_eval["top5"])
         m.state.epoch = epoch
-        m.state.wall_time_s += time.perf_counter() - epoch_start
-        row = {"epoch": epoch, "lr": lr_at(self.rc.train, epoch), **train_metrics, "test_top1": m.last_eval["top1"],
+        m.state.wall_time_s += train_time + time.perf_counter() - start
+        row = {"epoch": epoch, "lr": lr_at(m.rc.train, epoch), **train_metrics, "test_top1": m.last_eval["top1"],
                "test_top5": m.last_eval["top5"], "test_loss": m.last_eval["loss"], "epoch_time_s": train_time}
         m.save_epoch(row)
+        stop = m.rc.stop_after_epoch
+        if stop is not None and stop <= epoch < m.rc.train.epochs:
+            m.stopped = True
+            log.info("run %s stopped after epoch %d as asked (stop_after_epoch); relaunch to resume", m.job.rid, epoch)
         return row
 
-    def finish(self, launch_start: float) -> dict[str, Any]:
+    def finish(self, m: Member) -> dict[str, Any]:
         """model.pt, then result.json (written last: its presence means finished)."""
-        m, s, rc = self.member, self.stream, self.rc
+        if m.stopped:
+            return {"run_id": m.job.rid, "status": "stopped", "epoch": m.state.epoch, "folder": str(m.job.folder)}
+        rc, s, st = m.rc, self.stream, m.state
         if not m.last_eval:  # a relaunch that found every epoch done but no result (died while finishing)
-            m.last_eval = evaluate(m.distiller.student, s.test_loader, s.amp, s.env)
+            m.last_eval = evaluate(m.distiller.student, s.test_loader(rc.train.eval_batch_size), s.amp, self.env)
         if m.main:
-            atomic_torch_save(self.folder / record.MODEL, m.distiller.student.state_dict())
-        st = m.state
+            atomic_torch_save(m.job.folder / record.MODEL, m.distiller.student.state_dict())
         result = RunResult(
-            run_id=self.rid, status="finished", folder=str(self.folder), dataset=rc.dataset.name,
-            method=rc.method.name, student=rc.student.arch, teacher=s.teacher_info["arch"] if s.teacher_info else None,
+            run_id=m.job.rid, status="finished", folder=str(m.job.folder), dataset=rc.dataset.name,
+            method=rc.method.name, student=rc.student.arch, teacher=m.teacher_info["arch"] if m.teacher_info else None,
             seed=rc.seed, best_top1=st.best_top1, best_top5=st.best_top5, best_epoch=st.best_epoch,
             last_top1=m.last_eval["top1"], last_top5=m.last_eval["top5"], last_test_loss=m.last_eval["loss"],
             epochs=rc.train.epochs, wall_time_s=st.wall_time_s, extra_params=m.distiller.extra_parameter_count(),
-            train_images_per_s=st.train_images / max(st.train_time_s, 1e-9), teacher_info=s.teacher_info,
-            semantic=self.semantic, config=rc.as_dict(), device=str(s.device), world_size=self.env.world_size,
+            train_images_per_s=st.train_images / max(st.train_time_s, 1e-9), teacher_info=m.teacher_info,
+            semantic=m.job.semantic, config=rc.as_dict(), device=str(s.device), world_size=self.env.world_size,
             sync_bn=rc.hardware.sync_bn if self.env.active else None, torch_version=torch.__version__,
-            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds")).to_json()
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            cohort={"size": len(self.members), "time_share": st.train_time_s / max(st.cohort_time_s, 1e-9)},
+        ).to_json()
         if m.main:
-            atomic_write_json(self.folder / record.RESULT, result)
-        log.info("run %s finished: best top-1 %.2f (epoch %d), last %.2f, %.0f images/s, %.0f s in this launch",
-                 self.rid, result["best_top1"], result["best_epoch"], result["last_top1"],
-                 result["train_images_per_s"], time.perf_counter() - launch_start)
+            atomic_write_json(m.job.folder / record.RESULT, result)
+        log.info("run %s finished: best top-1 %.2f (epoch %d), last %.2f, %.0f images/s", m.job.rid,
+                 result["best_top1"], result["best_epoch"], result["last_top1"], result["train_images_per_s"])
         return result
 
-    def fit(self) -> dict[str, Any]:
-        """All phases; with `stop_after_epoch` the launch ends early and returns {"status": "stopped", ...}."""
+    def _bar(self) -> Any:
+        steps = len(self.stream.train_loader)
+        rc, n = self.jobs[0].rc, len(self.members)
+        desc = f"{self.members[0].label} s{rc.seed}" if n == 1 else f"cohort of {n} on {rc.dataset.name} s{rc.seed}"
+        return tqdm(total=sum(m.rc.train.epochs for m in self.members) * steps,
+                    initial=sum(m.state.epoch for m in self.members) * steps, mininterval=1.0, desc=desc,
+                    disable=not (rc.progress and self.env.is_main), unit="step", dynamic_ncols=True)
+
+    def fit(self) -> list[dict[str, Any]]:
+        """All phases; a member stopped by `stop_after_epoch` returns {"status": "stopped", ...}."""
         self.setup()
         self.resume()
-        rc, m, t = self.rc, self.member, self.rc.train
-        log.info("run %s: %s on %s, seed %d, %d epochs, %s%s -> %s", self.rid, m.label, rc.dataset.name, rc.seed,
-                 t.epochs, self.stream.device, f" x {self.env.world_size} ranks (DDP)" if self.env.active else "",
-                 self.folder)
-        steps = len(self.stream.train_loader)
-        bar = tqdm(total=t.epochs * steps, initial=m.state.epoch * steps, disable=not (rc.progress and m.main),
-                   mininterval=1.0, desc=f"{m.label} s{rc.seed}", unit="step", dynamic_ncols=True)
-        launch_start = time.perf_counter()
-        for epoch in range(m.state.epoch + 1, t.epochs + 1):
-            epoch_start = time.perf_counter()
-            row = self.evaluate(epoch, self.epoch(epoch, bar), epoch_start)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row['test_top1']:.2f}",
-                            best=f"{m.state.best_top1:.2f}", refresh=False)
-            if rc.stop_after_epoch is not None and rc.stop_after_epoch <= epoch < t.epochs:
-                bar.close()
-                log.info("run %s stopped after epoch %d as asked (stop_after_epoch); relaunch to resume", self.rid, epoch)
-                return {"run_id": self.rid, "status": "stopped", "epoch": epoch, "folder": str(self.folder)}
+        for m in self.members:
+            log.info("run %s: %s on %s, seed %d, %d epochs, %s%s%s -> %s", m.job.rid, m.label, m.rc.dataset.name,
+                     m.rc.seed, m.rc.train.epochs, self.stream.device,
+                     f" x {self.env.world_size} ranks (DDP)" if self.env.active else "",
+                     f" (cohort of {len(self.members)})" if len(self.members) > 1 else "", m.job.folder)
+        bar = self._bar()
+        while any(m.training for m in self.members):
+            epoch = min(m.state.epoch for m in self.members if m.training) + 1
+            group = [m for m in self.members if m.training and m.state.epoch + 1 == epoch]
+            start = time.perf_counter()
+            meters, shares = self.epoch(epoch, group, bar)
+            cohort_time = time.perf_counter() - start
+            for m, meter, share in zip(group, meters, shares):
+                row = self.evaluate(m, epoch, meter, cohort_time * share, cohort_time)
+                if len(group) == 1:
+                    bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row['test_top1']:.2f}",
+                                    best=f"{m.state.best_top1:.2f}", refresh=False)
         bar.close()
-        return self.finish(launch_start)
+        return [self.finish(m) for m in self.members]
 
 
 def run(rc: RunConfig) -> dict[str, Any]:
-    """Run (or skip, or resume) one training run and return its result record.
+    """Run (or skip, or resume) one training run and return its result record: a cohort of one."""
+    return run_cohort([rc])[0]
 
-    A finished run returns its stored result without training; an unfinished one resumes from last.pt.
-    Under DDP rank 0 holds the run's lock for all ranks and alone writes the folder."""
-    env, device_name = distributed.setup(rc.hardware.ddp, rc.hardware.device)
-    semantic, rid, folder = identify(rc)
-    lock = (run_lock(folder, on_wait=lambda: log.info("run %s is being trained by another process: waiting", rid))
-            if env.is_main else contextlib.nullcontext())
-    with lock:
-        distributed.barrier(env)  # every rank now sees the folder as rank 0 found it
-        if (folder / record.RESULT).exists():
-            result = read_json(folder / record.RESULT)
-            log.info("run %s (%s %s) is already finished: best top-1 %.2f, last %.2f — not training again",
-                     rid, rc.method.name, rc.student.arch, result["best_top1"], result["last_top1"])
-            return result
-        result = Trainer(rc, semantic, rid, folder, env, device_name).fit()
-        distributed.barrier(env)  # rank 0 has written the record before anyone moves on
-        return result
+
+def run_cohort(rcs: list[RunConfig]) -> list[dict[str, Any]]:
+    """Train runs that share their batch stream and teacher together (`check_cohort`); return their records
+    in order. Finished runs are skipped, unfinished ones resume from last.pt. Each run's lock is held for
+    the whole launch (in run_id order, so two overlapping cohorts cannot deadlock); under DDP rank 0 holds
+    them for all ranks and alone writes the folders."""
+    check_cohort(rcs)
+    env, device_name = distributed.setup(rcs[0].hardware.ddp, rcs[0].hardware.device)
+    ordered = [Job.of(rc) for rc in rcs]
+    jobs = list({j.rid: j for j in ordered}.values())
+    if env.active and len(jobs) > 1:
+        raise ConfigError("a cohort of several runs trains in one process; DDP runs train one at a time")
+    if len(jobs) > 1:  # missing auto teachers first, each once (a member may be one: it is then finished)
+        teachers = {Job.of(trc).rid: trc for trc in (teacher_run_config(j.rc) for j in jobs
+                                                       if needs_teacher(j.rc) and j.rc.teacher.checkpoint == "auto")}
+        for trc in teachers.values():
+            run(trc)
+    results: dict[str, dict[str, Any]] = {}
+    if not env.active:  # finished runs need no lock (result.json is written last, atomically)
+        results.update((j.rid, r) for j in jobs if (r := _finished(j)) is not None)
+    pending = [j for j in jobs if j.rid not in results]
+    with contextlib.ExitStack() as locks:
+        for job in sorted(pending, key=lambda j: j.rid):
+            if env.is_main:
+                locks.enter_context(run_lock(job.folder, on_wait=lambda rid=job.rid: log.info(
+                    "run %s is being trained by another process: waiting", rid)))
+        distributed.barrier(env)  # every rank now sees the folders as rank 0 found them
+        results.update((j.rid, r) for j in pending if (r := _finished(j)) is not None)
+        pending = [j for j in pending if j.rid not in results]
+        if pending:
+            results.update(zip((j.rid for j in pending), Trainer(pending, env, device_name).fit()))
+        distributed.barrier(env)  # rank 0 has written the records before anyone moves on
+    return [results[j.rid] for j in ordered]
+
+
+def _finished(job: Job) -> dict[str, Any] | None:
+    """The stored record of a finished run (logged), or None."""
+    if not (job.folder / record.RESULT).exists():
+        return None
+    result = read_json(job.folder / record.RESULT)
+    log.info("run %s (%s %s) is already finished: best top-1 %.2f, last %.2f — not training again",
+             job.rid, job.rc.method.name, job.rc.student.arch, result["best_top1"], result["last_top1"])
+    return result
 
 
 def run_status(rc: RunConfig) -> dict[str, Any]:
@@ -324,4 +438,4 @@ def run_status(rc: RunConfig) -> dict[str, Any]:
     return {"run_id": rid, "status": state, "folder": str(folder)}
 
 
-__all__ = ["Member", "Stream", "Trainer", "obtain_teacher", "run", "run_status"]
+__all__ = ["Job", "Member", "Stream", "Trainer", "obtain_teacher", "run", "run_cohort", "run_status"]

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 
 from oracle_kd.core.losses import attention_map, pool_to
+from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller, MethodConfig
 from oracle_kd.methods.registry import register_method
@@ -55,9 +56,9 @@ class AT(Distiller):
 
     cfg: ATConfig
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with torch.no_grad():
-            _, t_feats = self.teacher(x)
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, t_feats = self.teacher_out(x, y, teacher_out)
         s_logits, s_feats = self.student(x)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.errors import require
 
 
@@ -115,10 +116,25 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
         if missing or unexpected:
             raise RuntimeError(f"checkpoint does not fit this method: missing {missing}, unexpected {unexpected}")
 
+    def teacher_input(self) -> TeacherInput | None:
+        """The input the teacher sees each step (None: no teacher). Runs that share a batch get
+        teacher(input) computed once for all of them and handed to `forward_train` as `teacher_out`."""
+        return PLAIN if self.teacher is not None else None
+
+    def teacher_out(self, x: torch.Tensor, y: torch.Tensor, given: TeacherOut | None) -> TeacherOut:
+        """(teacher logits, teacher Features) on `teacher_input()`: the engine's, or computed here."""
+        if given is not None:
+            return given
+        inp = self.teacher_input()
+        assert inp is not None and self.teacher is not None, f"{type(self).__name__} has no teacher"
+        return teacher_outputs(self.teacher, [inp], x, y, mean_over=self.global_batch_size)[inp]
+
     def ce_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ce_weight · CE(student(x), y), computed in fp32 even under autocast."""
         return self.cfg.ce_weight * F.cross_entropy(logits.float(), y)
 
     @abc.abstractmethod
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One training step's forward: (student logits, {loss name: scalar tensor}), losses in fp32."""
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One training step's forward: (student logits, {loss name: scalar tensor}), losses in fp32.
+        `teacher_out`: teacher(teacher_input()) when the engine computed it (read it via `teacher_out()`)."""

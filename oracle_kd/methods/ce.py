@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.methods.base import Distiller, MethodConfig
 from oracle_kd.methods.registry import register_method
 
@@ -21,6 +22,7 @@ class CrossEntropy(Distiller):
 
     needs_teacher = False
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits, _ = self.student(x)
         return logits, {"ce": self.ce_loss(logits, y)}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from oracle_kd.core.losses import kd_loss
+from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller
 from oracle_kd.methods.kd import KDConfig
@@ -81,9 +82,9 @@ class DKD(Distiller):
         """min(epoch / warmup, 1) with 1-based epochs: the reference's linear ramp of the KD terms."""
         return 1.0 if self.cfg.warmup == 0 else min(epoch / self.cfg.warmup, 1.0)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with torch.no_grad():
-            t_logits, _ = self.teacher(x)
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t_logits, _ = self.teacher_out(x, y, teacher_out)
         s_logits, _ = self.student(x)
         tckd, nckd = dkd_terms(s_logits, t_logits, y, self.cfg.temperature)
         w = self.warmup_factor(epoch)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
 from oracle_kd.methods.registry import register_method
@@ -71,9 +72,9 @@ class FitNet(Distiller):
         t_shape = tuple(t_feats.stages[cfg.hint_stage].shape[1:])
         self.regressor = hint_regressor(s_shape, t_shape).to(next(student.parameters()).device)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with torch.no_grad():
-            _, t_feats = self.teacher(x)
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, t_feats = self.teacher_out(x, y, teacher_out)
         s_logits, s_feats = self.student(x)
         hint = self.regressor(s_feats.stages[self.cfg.hint_stage])
         mse = F.mse_loss(hint.float(), t_feats.stages[self.cfg.hint_stage].float())

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from oracle_kd.core.losses import kd_loss
+from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller, MethodConfig
 from oracle_kd.methods.registry import register_method
@@ -28,18 +29,14 @@ class KDConfig(MethodConfig):
 
 @register_method("kd", KDConfig)
 class KD(Distiller):
-    """Response distillation from the teacher's logits on `teacher_input(x, y)` (plain x here)."""
+    """Response distillation from the teacher's logits on `teacher_input()` (plain x here; Oracle KD
+    overrides it)."""
 
     cfg: KDConfig
 
-    def teacher_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """What the teacher sees. Hinton KD: the student's own input. Oracle KD overrides this."""
-        return x
-
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x_teacher = self.teacher_input(x, y)
-        with torch.no_grad():
-            t_logits, _ = self.teacher(x_teacher)
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t_logits, _ = self.teacher_out(x, y, teacher_out)
         s_logits, _ = self.student(x)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from oracle_kd.core.reinforce import REDUCTIONS, reinforce
+from oracle_kd.core.reinforce import REDUCTIONS
+from oracle_kd.core.teacher_view import TeacherInput
 from oracle_kd.errors import require
 from oracle_kd.methods.kd import KD, KDConfig
 from oracle_kd.methods.registry import register_method
@@ -40,6 +39,5 @@ class Oracle(KD):
 
     cfg: OracleConfig
 
-    def teacher_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return reinforce(self.teacher, x, y, gamma=self.cfg.gamma, reduction=self.cfg.gamma_reduction,
-                         rec_num=self.cfg.rec_num, mean_over=self.global_batch_size)
+    def teacher_input(self) -> TeacherInput:
+        return TeacherInput.of(self.cfg.gamma, self.cfg.gamma_reduction, self.cfg.rec_num)

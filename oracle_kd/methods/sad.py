@@ -13,6 +13,7 @@ from torch import nn
 
 from oracle_kd.core.features import Features
 from oracle_kd.core.losses import attention_map, kd_loss, pool_to
+from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller, probe_features
 from oracle_kd.methods.kd import KDConfig
@@ -125,9 +126,9 @@ class SAD(Distiller):
         self.attention = LayerAttention([f.shape[1] for f in s_layers], [f.shape[1] for f in t_layers],
                                         cfg.dim).to(next(student.parameters()).device)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with torch.no_grad():
-            t_logits, t_feats = self.teacher(x)
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t_logits, t_feats = self.teacher_out(x, y, teacher_out)
         s_logits, s_feats = self.student(x)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

@@ -74,6 +74,7 @@ class RunResult:
     sync_bn: Optional[bool]
     torch_version: str
     finished_at: str
+    cohort: Optional[dict[str, Any]] = None  # {"size": runs trained together, "time_share": this run's share}
     code_version: str = dataclasses.field(default_factory=code_version)
 
     def to_json(self) -> dict[str, Any]:

@@ -1,0 +1,39 @@
+"""Grouping a sweep's runs into cohorts: one per (batch stream, teacher); teacher-less runs ride along."""
+
+from __future__ import annotations
+
+from oracle_kd.cli import compose
+from oracle_kd.engine.cohort import group_cohorts
+
+BASE = ["dataset=digits", "train=quick"]
+
+
+def _rcs(*variants: list[str]) -> list:
+    return [compose([*BASE, *v]) for v in variants]
+
+
+def test_members_may_differ_in_method_student_and_recipe():
+    """With a teacher trained by its own recipe (teacher.train=<preset>), student recipes may differ."""
+    rcs = [compose([*BASE, "teacher.train=paper_teacher", *v]) for v in (
+        ["method=kd"], ["method=oracle", "method.gamma=0.2"], ["method=dkd", "student=resnet32"],
+        ["method=at", "train.lr=0.01", "train.epochs=3"], ["method=ce", "student=resnet8", "train.lr=0.02"])]
+    assert group_cohorts(rcs) == [[0, 1, 2, 3, 4]]
+
+
+def test_seed_batch_size_data_and_teacher_split_cohorts():
+    rcs = _rcs(["method=kd"], ["method=kd", "seed=1"], ["method=kd", "train.batch_size=32"],
+               ["method=kd", "dataset.crop_pad=0"], ["method=kd", "teacher=resnet110"], ["method=oracle"],
+               ["method=ce", "seed=1"], ["method=ce", "seed=2"])
+    assert group_cohorts(rcs) == [[0, 5], [1, 6], [2], [3], [4], [7]]
+
+
+def test_an_auto_teacher_trained_with_the_students_recipe_is_another_teacher():
+    """teacher.train=same: a student recipe change changes its auto teacher, hence the cohort."""
+    rcs = _rcs(["method=kd"], ["method=kd", "train.lr=0.01"], ["method=kd", "teacher.train=paper_teacher"],
+               ["method=kd", "teacher.train=paper_teacher", "train.lr=0.01"])
+    assert group_cohorts(rcs) == [[0], [1], [2, 3]]
+
+
+def test_max_members_splits_a_cohort():
+    rcs = _rcs(*[["method=oracle", f"method.gamma={g}"] for g in (0, 0.1, 0.2, 0.5, 1, 2)])
+    assert group_cohorts(rcs, max_members=4) == [[0, 1, 2, 3], [4, 5]]
