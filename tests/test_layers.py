@@ -17,7 +17,7 @@ LAYERS = [
     ("store", ("oracle_kd.store",)),
     ("engine", ("oracle_kd.engine",)),
     ("tasks", ("oracle_kd.tasks",)),
-    ("cli", ("oracle_kd.cli",)),
+    ("cli", ("oracle_kd.cli", "oracle_kd.launch")),
 ]
 COMPONENTS = ("oracle_kd.data", "oracle_kd.models", "oracle_kd.methods")
 MAX_FUNCTION_LINES = 60

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from oracle_kd.cli import compose
+from oracle_kd.cli import compose, main
 from oracle_kd.engine.trainer import run, run_cohort
 
 BASE = ["dataset=digits", "teacher=resnet8", "student=resnet8", "train=quick", "train.epochs=2",
@@ -83,3 +88,54 @@ def test_runs_that_do_not_share_a_stream_are_refused(tmp_path):
     rcs = [compose([*BASE, "method=kd", f"store={tmp_path}"]), compose([*BASE, "method=kd", "seed=1", f"store={tmp_path}"])]
     with pytest.raises(ValueError, match="do not share one batch stream"):
         run_cohort(rcs)
+
+
+SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
+# one thread: the killed launch runs in a subprocess, and CPU kernels round differently with other thread counts
+QUICK = ["-m", "--config-dir", str(SWEEPS), "--config-name", "quick", "train.epochs=2", "teacher=resnet8",
+         "student=resnet8", "progress=false", "hardware=cpu", "hardware.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The README's sweep (seven methods, tiny) through the basic launcher: one run after another."""
+    store = tmp_path_factory.mktemp("basic")
+    assert main([*QUICK, "hydra/launcher=basic", f"store={store}"]) == 0
+    return snapshot(store)
+
+
+def test_the_cohort_launcher_trains_a_sweep_into_its_solo_records(basic, tmp_path):
+    assert main([*QUICK, "hydra/launcher=cohort", f"store={tmp_path / 'cohort'}"]) == 0
+    assert snapshot(tmp_path / "cohort") == basic and len(basic) == 7
+    sizes = [json.loads(p.read_text())["cohort"]["size"] for p in (tmp_path / "cohort").rglob("result.json")]
+    assert sorted(sizes) == [1] + [6] * 6  # the ce run is the others' auto teacher: trained first
+
+
+def test_plan_shows_the_teachers_then_one_cohort_per_teacher(tmp_path, capsys):
+    """Figure 5's grid (here two of its six methods, to stay quick: 4 teachers x 4 students x 2)."""
+    assert main(["-m", "--config-dir", str(SWEEPS), "--config-name", "fig5_pairs", "hydra/launcher=cohort",
+                 "method=kd,oracle_paper", "task=plan", f"store={tmp_path}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: ")]
+    teachers = [line for line in lines if line.startswith("plan: teacher ")]
+    cohorts = [line for line in lines if line.startswith("plan: cohort ")]
+    assert len(teachers) == 4 and all("new (trained first, once)" in t for t in teachers)
+    assert len(cohorts) == 4 and all(" 8 runs, teacher resnet" in c for c in cohorts)
+    assert lines.index(cohorts[0]) > lines.index(teachers[-1])
+    assert len(lines) == 4 + 4 + 32  # then every job's own plan line
+
+
+def test_a_killed_cohort_relaunched_finishes_with_the_uninterrupted_numbers(basic, tmp_path):
+    """kill -9 of the launching process once the first student epoch is on disk, then the same command."""
+    store = tmp_path / "runs"
+    cmd = [sys.executable, str(SWEEPS.parent / "run.py"), *QUICK, "hydra/launcher=cohort", f"store={store}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not any(p.stat().st_size for p in store.glob("digits/[!c]*/*/*/metrics.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, "the cohort ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(list(store.rglob("result.json"))) < 7  # killed mid-cohort: students unfinished
+    assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=600).returncode == 0
+    assert snapshot(store) == basic

@@ -21,6 +21,10 @@ actually computed) divided by the device's measured dense rate (the better of a 
 3x3 convolution, in the step's precision; `flops`). One CSV row per (pair, method) goes to
 `<results_dir>/bench/bench_<device>_<timestamp>.csv` (`report`); `bench.concurrent` adds the aggregate rate
 of k simultaneous runs (`concurrency`).
+
+`bench.cohorts` (preset names) replaces all of the above by another comparison: the aggregate student
+images/s of runs trained together as a cohort against the same runs trained one after another (`cohort`),
+one row per preset in `<out_dir>/cohort_<device>_<timestamp>.csv`.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from oracle_kd.config import RunConfig
 from oracle_kd.data import DataBundle
 from oracle_kd.engine.hardware import apply_hardware
 from oracle_kd.methods import MethodConfig, available_methods
+from oracle_kd.tasks.bench.cohort import cohort_bench
 from oracle_kd.tasks.bench.concurrency import concurrency_rows
 from oracle_kd.tasks.bench.config import BENCH_DATASETS, BENCH_MIN_REPEATS, BenchConfig, parse_pair
 from oracle_kd.tasks.bench.flops import dense_rates, flop_columns
@@ -49,6 +54,7 @@ from oracle_kd.tasks.bench.parts import IMAGE_SIZE, bench_data, method_config, o
 from oracle_kd.tasks.bench.reference import reference_batches, reference_loader, reference_step
 from oracle_kd.tasks.bench.report import (
     CONCURRENT_COLUMNS,
+    bench_out_dir,
     device_name,
     fmt_or_blank,
     print_bench_table,
@@ -173,8 +179,11 @@ def _bench_row(s: _Session, teacher_arch: str, student_arch: str, method: str) -
 @register_task("bench", "training images/s: the reference loop vs this runner's step, with FLOP floors",
                section="bench", config=BenchConfig)
 def bench(rc: RunConfig) -> dict[str, Any]:
-    """task=bench: time (a) and (b) for every pair x method, print the table, write the CSV."""
+    """task=bench: time (a) and (b) for every pair x method, print the table, write the CSV; with
+    bench.cohorts, only the cohort-vs-solo comparison of those presets."""
     b = rc.bench
+    if b.cohorts:
+        return cohort_bench(rc)
     device = apply_hardware(rc.hardware)
     bundle, data_kind = bench_data(rc)
     methods = list(b.methods) or available_methods()
@@ -195,7 +204,7 @@ def bench(rc: RunConfig) -> dict[str, Any]:
     finally:
         bar.close()
 
-    out_dir = Path(b.out_dir) if b.out_dir else Path(rc.results_dir) / "bench"
+    out_dir = bench_out_dir(rc)
     path = out_dir / f"bench_{slug(name)}_{started.strftime('%Y%m%d-%H%M%S')}.csv"
     write_csv(rows, path)
     print_bench_table(rc, rows, common, device, path)

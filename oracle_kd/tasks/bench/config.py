@@ -8,6 +8,7 @@ from typing import Optional
 from oracle_kd.errors import choice, require
 from oracle_kd.methods import available_methods
 from oracle_kd.models import available_models
+from oracle_kd.tasks.bench.cohort import PRESETS as COHORT_PRESETS
 
 BENCH_DATASETS = ("cifar100", "cifar10", "synthetic")
 BENCH_MIN_REPEATS = 5  # the reported rate is a median of at least five timed blocks; tests lower it to stay fast
@@ -35,7 +36,10 @@ class BenchConfig:
     reference=false times only this runner; flops=false skips the FLOP count and the matmul-rate probe.
     out_dir: where the CSV goes (default <results_dir>/bench). concurrent: run counts k; for each, k processes
     train the first pair x method at once and the aggregate images/s is recorded
-    (oracle_kd/tasks/bench/concurrency.py)."""
+    (oracle_kd/tasks/bench/concurrency.py). cohorts: preset names (quick, fig5_slice, gamma_grid); when
+    given, only the cohort comparison runs: aggregate student images/s of each preset's runs trained together
+    as a cohort against the same runs one after another (oracle_kd/tasks/bench/cohort.py; synthetic_images
+    sizes its synthetic presets); pairs, methods, dataset, workers, reference and concurrent do not apply to it."""
 
     pairs: list[str] = field(default_factory=lambda: ["resnet56-resnet20"])
     methods: list[str] = field(default_factory=list)
@@ -50,6 +54,7 @@ class BenchConfig:
     flops: bool = True
     out_dir: Optional[str] = None
     concurrent: list[int] = field(default_factory=list)  # e.g. [1,2,4,8]: sweep throughput, k runs at once
+    cohorts: list[str] = field(default_factory=list)  # e.g. [quick]: cohort vs solo instead of the above
 
     def validate(self) -> None:
         """Names and ranges, checked on every composed config so a bad value fails before any timing."""
@@ -70,3 +75,6 @@ class BenchConfig:
         require(self.synthetic_images >= 1, "bench.synthetic_images", self.synthetic_images, "must be >= 1")
         for k in self.concurrent:
             require(k >= 1, "bench.concurrent", self.concurrent, "must list run counts >= 1")
+        for name in self.cohorts:
+            choice("bench.cohorts", name, list(COHORT_PRESETS))
+        require(len(set(self.cohorts)) == len(self.cohorts), "bench.cohorts", self.cohorts, "names a preset twice")

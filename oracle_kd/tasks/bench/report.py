@@ -29,6 +29,15 @@ COLUMNS = [
 CONCURRENT_COLUMNS = ["timestamp", "device", "device_name", "torch", "python", "data", "dataset", "pair", "method",
                       "batch_size", "steps", "repeats", "precision", "channels_last", "compile", "k",
                       "threads_per_run", "per_run_img_s", "aggregate_img_s", "speedup"]
+COHORT_COLUMNS = [
+    "timestamp", "device", "device_name", "threads", "torch", "python", "platform",
+    "preset", "data", "dataset", "image_shape", "num_classes", "teacher", "members", "member_list", "teacher_inputs",
+    "batch_size", "steps", "repeats", "warmup",
+    "precision", "channels_last", "compile", "cudnn_benchmark", "fold_teacher_bn",
+    "solo_img_s", "cohort_img_s", "ratio", "flop_ratio", "solo_img_s_repeats", "cohort_img_s_repeats", "ratio_repeats",
+    "solo_step_gflop", "cohort_step_gflop",
+    "peak_mem_kind", "largest_member", "solo_largest_peak_mem_mib", "cohort_peak_mem_mib", "mem_ratio",
+]
 
 
 def device_name(device: torch.device) -> str:
@@ -55,6 +64,11 @@ def fmt_or_blank(v: float | None, spec: str = ".0f") -> str:
 def rounded(v: float | None, digits: int = 1) -> float | None:
     """`v` rounded for the CSV, None kept (an empty cell)."""
     return None if v is None else round(float(v), digits)
+
+
+def bench_out_dir(rc: RunConfig) -> Path:
+    """Where every CSV of a bench run goes: bench.out_dir, or <results_dir>/bench."""
+    return Path(rc.bench.out_dir) if rc.bench.out_dir else Path(rc.results_dir) / "bench"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -105,4 +119,33 @@ def print_concurrent_table(rc: RunConfig, rows: list[dict[str, Any]], pair: tupl
     for r in rows:
         print(f"{r['k']:>3}  {r['threads_per_run']:>11}  {r['per_run_img_s']:>13.1f}  {r['aggregate_img_s']:>15.1f}  "
               f"{r['speedup']:>8.2f}")
+    print(f"-> {path}", flush=True)
+
+
+def format_cohort_table(rows: list[dict[str, Any]]) -> str:
+    """One line per preset: both aggregate rates, the measured and the FLOP-predicted ratio, peak memory."""
+    f = fmt_or_blank
+    head = ["preset", "members", "batch", "solo img/s", "cohort img/s", "ratio", "flop ratio", "largest solo MiB",
+            "cohort MiB"]
+    body = [[r["preset"], str(r["members"]), str(r["batch_size"]), f(r.get("solo_img_s")), f(r.get("cohort_img_s")),
+             f(r.get("ratio"), ".2f"), f(r.get("flop_ratio"), ".2f"), f(r.get("solo_largest_peak_mem_mib")),
+             f(r.get("cohort_peak_mem_mib"))] for r in rows]
+    widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
+    line = lambda cells: "  ".join(c.ljust(w) if i < 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def print_cohort_table(rc: RunConfig, rows: list[dict[str, Any]], common: dict[str, Any], device: torch.device,
+                       path: Path) -> None:
+    """The conditions of the run, what each column means, the table, and where the CSV went."""
+    b, hw = rc.bench, rc.hardware
+    print(f"bench cohorts on {common['device_name']} ({device}, {common['threads']} threads; torch "
+          f"{torch.__version__}), batch {b.batch_size}, median of {b.repeats} x {b.steps} steps; hardware: "
+          f"{hw.precision}, channels_last={hw.channels_last}, compile={hw.compile}")
+    print("solo = each member's train_step computing its own teacher outputs, members one after another; "
+          "cohort = teacher outputs once per distinct input, then every member's train_step; img/s = members x "
+          "batch x steps / time; ratio = cohort/solo; flop ratio = solo FLOPs / cohort FLOPs per batch (the "
+          f"ratio the FLOPs predict); MiB = peak memory ({rows[0]['peak_mem_kind'] if rows else ''}) of the "
+          "largest member trained alone and of the cohort")
+    print(format_cohort_table(rows))
     print(f"-> {path}", flush=True)

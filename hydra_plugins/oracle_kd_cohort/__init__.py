@@ -1,0 +1,1 @@
+"""Hydra discovers launchers under the `hydra_plugins` namespace: `hydra/launcher=cohort` lives here."""

@@ -1,0 +1,83 @@
+"""The cohort launcher's logic: a multirun's training jobs grouped into cohorts and trained together.
+
+`hydra/launcher=cohort` (hydra_plugins/oracle_kd_cohort) composes every job, then asks here for one task
+function per job: training jobs are grouped (`group_cohorts`), each cohort is trained in this process
+(`run_cohort`: missing auto teachers first, each once), and each job's function returns its run's record,
+so Hydra still gets one result per job. Other tasks run as their own function; `task=plan` first prints
+the cohorts the sweep would train."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from oracle_kd.config import RunConfig, validate
+from oracle_kd.engine.cohort import describe, group_cohorts
+from oracle_kd.engine.teacher import needs_teacher, teacher_run_config
+from oracle_kd.engine.trainer import run_cohort, run_status
+from oracle_kd.errors import OracleKDError, require
+
+log = logging.getLogger("oracle_kd")
+TaskFn = Callable[[DictConfig], Any]
+
+
+def _returning(value: Any) -> TaskFn:
+    return lambda cfg: value
+
+
+def _raising(exc: BaseException) -> TaskFn:
+    def fn(cfg: DictConfig) -> Any:
+        raise exc
+
+    return fn
+
+
+def print_plan(rcs: list[RunConfig], max_members: int | None) -> None:
+    """The teachers a sweep trains first, then its cohorts with their members' methods and students."""
+    teachers = {}
+    for rc in rcs:
+        if needs_teacher(rc) and rc.teacher.checkpoint == "auto":
+            st = run_status(teacher_run_config(rc))
+            teachers.setdefault(st["run_id"], (rc.teacher.arch, rc.dataset.name, rc.seed, st["status"]))
+    for rid, (arch, dataset, seed, status) in teachers.items():
+        print(f"plan: teacher {arch} on {dataset} seed={seed} run {rid}: {status} (trained first, once)")
+    groups = group_cohorts(rcs, max_members)
+    for k, group in enumerate(groups, 1):
+        members = [rcs[i] for i in group]
+        d = describe(members)
+        methods = Counter(m.method.name for m in members)
+        students = dict.fromkeys(m.student.arch for m in members)
+        print(f"plan: cohort {k}/{len(groups)}: {d['size']} runs, teacher {d['teacher'] or 'none'}, {d['dataset']} "
+              f"seed={d['seed']} batch={d['batch_size']}; methods "
+              + ", ".join(f"{name} x{n}" for name, n in sorted(methods.items())) + "; students " + ", ".join(students),
+              flush=True)
+
+
+def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
+                          max_members: int | None) -> list[TaskFn]:
+    """One task function per job: training jobs return their cohort's record for them."""
+    require(max_members is None or max_members >= 1, "hydra.launcher.max_members", max_members, "must be >= 1 or null")
+    rcs: dict[int, RunConfig] = {}
+    functions: dict[int, TaskFn] = {}
+    for i, cfg in enumerate(configs):
+        try:
+            rcs[i] = validate(cfg)
+        except OracleKDError as exc:  # this job fails with its one-line error; the others go on
+            functions[i] = _raising(exc)
+    plans = [i for i, rc in rcs.items() if rc.task == "plan"]
+    if plans:
+        print_plan([rcs[i] for i in plans], max_members)
+    train = [i for i, rc in rcs.items() if rc.task == "train"]
+    for group in group_cohorts([rcs[i] for i in train], max_members):
+        jobs = [train[k] for k in group]
+        log.info("cohort of %d run(s): jobs %s", len(jobs), ", ".join(f"#{configs[i].hydra.job.num}" for i in jobs))
+        try:
+            results = run_cohort([rcs[i] for i in jobs])
+        except OracleKDError as exc:
+            functions.update((i, _raising(exc)) for i in jobs)
+            continue
+        functions.update((i, _returning(r)) for i, r in zip(jobs, results))
+    return [functions.get(i, task_function) for i in range(len(configs))]
