@@ -17,6 +17,10 @@ class CheckpointError(OracleKDError):
     """A checkpoint is missing, unsafe, or does not fit the architecture it is loaded into."""
 
 
+class TrainingError(OracleKDError):
+    """A run cannot go on (a non-finite loss): it stopped with its last good checkpoint kept."""
+
+
 def require(ok: bool, key: str, value: object, rule: str) -> None:
     """Raise `ConfigError("<key>=<value> <rule>")` unless `ok`: the one-line form every check uses."""
     if not ok:

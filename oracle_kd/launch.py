@@ -18,7 +18,7 @@ from oracle_kd.config import RunConfig, validate
 from oracle_kd.engine.cohort import describe, group_cohorts
 from oracle_kd.engine.teacher import needs_teacher, teacher_run_config
 from oracle_kd.engine.trainer import run_cohort, run_status
-from oracle_kd.errors import OracleKDError, require
+from oracle_kd.errors import OracleKDError, TrainingError, require
 
 log = logging.getLogger("oracle_kd")
 TaskFn = Callable[[DictConfig], Any]
@@ -43,14 +43,14 @@ def print_plan(rcs: list[RunConfig], max_members: int | None) -> None:
             st = run_status(teacher_run_config(rc))
             teachers.setdefault(st["run_id"], (rc.teacher.arch, rc.dataset.name, rc.seed, st["status"]))
     for rid, (arch, dataset, seed, status) in teachers.items():
-        print(f"plan: teacher {arch} on {dataset} seed={seed} run {rid}: {status} (trained first, once)")
+        print(f"plan teacher: {arch} on {dataset} seed={seed} run {rid}: {status} (trained first, once)")
     groups = group_cohorts(rcs, max_members)
     for k, group in enumerate(groups, 1):
         members = [rcs[i] for i in group]
         d = describe(members)
         methods = Counter(m.method.name for m in members)
         students = dict.fromkeys(m.student.arch for m in members)
-        print(f"plan: cohort {k}/{len(groups)}: {d['size']} runs, teacher {d['teacher'] or 'none'}, {d['dataset']} "
+        print(f"plan cohort {k}/{len(groups)}: {d['size']} runs, teacher {d['teacher'] or 'none'}, {d['dataset']} "
               f"seed={d['seed']} batch={d['batch_size']}; methods "
               + ", ".join(f"{name} x{n}" for name, n in sorted(methods.items())) + "; students " + ", ".join(students),
               flush=True)
@@ -79,5 +79,6 @@ def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
         except OracleKDError as exc:
             functions.update((i, _raising(exc)) for i in jobs)
             continue
-        functions.update((i, _returning(r)) for i, r in zip(jobs, results))
+        functions.update((i, _raising(TrainingError(r["error"])) if r["status"] == "failed" else _returning(r))
+                         for i, r in zip(jobs, results))
     return [functions.get(i, task_function) for i in range(len(configs))]

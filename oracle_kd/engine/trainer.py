@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.teacher import build_teacher, identify, needs_teacher, teacher_run_config
-from oracle_kd.errors import ConfigError
+from oracle_kd.errors import ConfigError, TrainingError
 from oracle_kd.methods import Distiller, build_distiller
 from oracle_kd.models import build_model
 from oracle_kd.store import record
@@ -132,10 +133,15 @@ class EpochMeter:
         self.sums: dict[str, Any] = {}
         self.correct = torch.zeros((), device=device)
         self.seen = 0
+        self.steps = 0
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
 
     @torch.no_grad()
     def add(self, logits: torch.Tensor, losses: dict[str, torch.Tensor], loss: torch.Tensor, y: torch.Tensor,
             global_batch: int | None) -> None:
+        bad = ~torch.isfinite(loss.detach())  # any non-finite term makes the total non-finite
+        self.first_bad = torch.where((self.first_bad < 0) & bad, self.steps, self.first_bad)
+        self.steps += 1
         b = y.numel()
         for k, v in losses.items():
             self.sums[k] = self.sums.get(k, 0) + v.detach().float() * b
@@ -150,6 +156,14 @@ class EpochMeter:
         out = {f"train_{k}": v / self.seen for k, v in zip(names, totals)}
         out["train_top1"] = 100.0 * totals[-1] / self.seen
         return out
+
+    def failure(self, totals: dict[str, float]) -> str | None:
+        """What went non-finite this epoch (first step, loss terms), or None."""
+        terms = [k.removeprefix("train_") for k, v in totals.items() if not math.isfinite(v)]
+        if not terms:
+            return None
+        step = int(self.first_bad.item())
+        return f"non-finite loss at step {step + 1 if step >= 0 else '?'} (terms: {', '.join(terms)})"
 
 
 @dataclass
@@ -179,6 +193,7 @@ class Member:
     state: TrainState = field(default_factory=TrainState)
     last_eval: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
+    failed: str | None = None
 
     @classmethod
     def build(cls, job: Job, stream: Stream) -> "Member":
@@ -206,8 +221,8 @@ class Member:
 
     @property
     def training(self) -> bool:
-        """Epochs left and not stopped by stop_after_epoch."""
-        return not self.stopped and self.state.epoch < self.rc.train.epochs
+        """Epochs left, not stopped by stop_after_epoch, not failed."""
+        return not self.stopped and self.failed is None and self.state.epoch < self.rc.train.epochs
 
     def write_config(self) -> None:
         if self.main:
@@ -296,10 +311,18 @@ class Trainer:
         shared = (total - sum(own)) / len(group)  # data and teacher: split evenly
         return meters, [(o + shared) / total if total > 0 else 1.0 / len(group) for o in own]
 
-    def evaluate(self, m: Member, epoch: int, meter: EpochMeter, train_time: float, cohort_time: float) -> dict[str, Any]:
-        """Test the student, update the state, write the metrics row and last.pt; returns the row."""
+    def evaluate(self, m: Member, epoch: int, meter: EpochMeter, train_time: float,
+                 cohort_time: float) -> dict[str, Any] | None:
+        """Test the student, update the state, write the metrics row and last.pt; returns the row. A
+        non-finite loss fails the member instead: nothing of this epoch is written, the others go on."""
         start = time.perf_counter()
         train_metrics = meter.totals(self.env)
+        problem = meter.failure(train_metrics)
+        if problem is not None:
+            m.failed = (f"run {m.job.rid} ({m.label}): {problem} in epoch {epoch}; stopped, keeping its last "
+                        f"checkpoint (epoch {m.state.epoch}) and writing no result")
+            log.error("%s", m.failed)
+            return None
         m.last_eval = evaluate(m.distiller.student, self.stream.test_loader(m.rc.train.eval_batch_size),
                                self.stream.amp, self.env)
         m.state.train_time_s += train_time
@@ -319,8 +342,9 @@ class Trainer:
 
     def finish(self, m: Member) -> dict[str, Any]:
         """model.pt, then result.json (written last: its presence means finished)."""
-        if m.stopped:
-            return {"run_id": m.job.rid, "status": "stopped", "epoch": m.state.epoch, "folder": str(m.job.folder)}
+        if m.stopped or m.failed is not None:
+            return {"run_id": m.job.rid, "status": "failed" if m.failed else "stopped", "epoch": m.state.epoch,
+                    "folder": str(m.job.folder), **({"error": m.failed} if m.failed else {})}
         rc, s, st = m.rc, self.stream, m.state
         if not m.last_eval:  # a relaunch that found every epoch done but no result (died while finishing)
             m.last_eval = evaluate(m.distiller.student, s.test_loader(rc.train.eval_batch_size), s.amp, self.env)
@@ -370,7 +394,7 @@ class Trainer:
             cohort_time = time.perf_counter() - start
             for m, meter, share in zip(group, meters, shares):
                 row = self.evaluate(m, epoch, meter, cohort_time * share, cohort_time)
-                if len(group) == 1:
+                if row is not None and len(group) == 1:
                     bar.set_postfix(loss=f"{row['train_loss']:.3f}", test=f"{row['test_top1']:.2f}",
                                     best=f"{m.state.best_top1:.2f}", refresh=False)
         bar.close()
@@ -378,8 +402,12 @@ class Trainer:
 
 
 def run(rc: RunConfig) -> dict[str, Any]:
-    """Run (or skip, or resume) one training run and return its result record: a cohort of one."""
-    return run_cohort([rc])[0]
+    """Run (or skip, or resume) one training run and return its result record: a cohort of one. A run
+    that failed (non-finite loss) raises TrainingError, one line."""
+    result = run_cohort([rc])[0]
+    if result["status"] == "failed":
+        raise TrainingError(result["error"])
+    return result
 
 
 def run_cohort(rcs: list[RunConfig]) -> list[dict[str, Any]]:

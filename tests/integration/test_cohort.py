@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from oracle_kd.cli import compose, main
 from oracle_kd.engine.trainer import run, run_cohort
+from oracle_kd.models import build_model
 
+# one thread: the killed launch runs in a subprocess, and CPU kernels round differently with other thread counts
 BASE = ["dataset=digits", "teacher=resnet8", "student=resnet8", "train=quick", "train.epochs=2",
-        "train.milestones=[1]", "progress=false", "hardware=cpu"]
+        "train.milestones=[1]", "progress=false", "hardware=cpu", "hardware.threads=1"]
 MEMBERS = [["method=ce"], ["method=kd"], ["method=dkd"], ["method=at"], ["method=fitnet"], ["method=sad"],
            ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"]]
 
@@ -91,43 +94,36 @@ def test_runs_that_do_not_share_a_stream_are_refused(tmp_path):
 
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
-# one thread: the killed launch runs in a subprocess, and CPU kernels round differently with other thread counts
-QUICK = ["-m", "--config-dir", str(SWEEPS), "--config-name", "quick", "train.epochs=2", "teacher=resnet8",
-         "student=resnet8", "progress=false", "hardware=cpu", "hardware.threads=1"]
+# the README's sweep (seven methods), shrunk to the runs of BASE: the same run_ids as the solo runs above
+QUICK = ["-m", "--config-dir", str(SWEEPS), "--config-name", "quick", "train.epochs=2", "train.milestones=[1]",
+         "teacher=resnet8", "student=resnet8", "progress=false", "hardware=cpu", "hardware.threads=1"]
 
 
-@pytest.fixture(scope="module")
-def basic(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The README's sweep (seven methods, tiny) through the basic launcher: one run after another."""
-    store = tmp_path_factory.mktemp("basic")
-    assert main([*QUICK, "hydra/launcher=basic", f"store={store}"]) == 0
-    return snapshot(store)
-
-
-def test_the_cohort_launcher_trains_a_sweep_into_its_solo_records(basic, tmp_path):
-    assert main([*QUICK, "hydra/launcher=cohort", f"store={tmp_path / 'cohort'}"]) == 0
-    assert snapshot(tmp_path / "cohort") == basic and len(basic) == 7
-    sizes = [json.loads(p.read_text())["cohort"]["size"] for p in (tmp_path / "cohort").rglob("result.json")]
+def test_the_cohort_launcher_trains_a_sweep_into_its_solo_records(solo, tmp_path):
+    assert main([*QUICK, f"store={tmp_path}"]) == 0  # the preset's launcher is the cohort one
+    assert same_as_solo(tmp_path, solo) and len(snapshot(tmp_path)) == 7
+    sizes = [json.loads(p.read_text())["cohort"]["size"] for p in tmp_path.rglob("result.json")]
     assert sorted(sizes) == [1] + [6] * 6  # the ce run is the others' auto teacher: trained first
 
 
 def test_plan_shows_the_teachers_then_one_cohort_per_teacher(tmp_path, capsys):
-    """Figure 5's grid (here two of its six methods, to stay quick: 4 teachers x 4 students x 2)."""
+    """Figure 5's grid (here one of its six methods, to stay quick: 4 teachers x 4 students)."""
     assert main(["-m", "--config-dir", str(SWEEPS), "--config-name", "fig5_pairs", "hydra/launcher=cohort",
-                 "method=kd,oracle_paper", "task=plan", f"store={tmp_path}"]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: ")]
-    teachers = [line for line in lines if line.startswith("plan: teacher ")]
-    cohorts = [line for line in lines if line.startswith("plan: cohort ")]
+                 "method=oracle_paper", "task=plan", f"store={tmp_path}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan")]
+    teachers = [line for line in lines if line.startswith("plan teacher: ")]
+    cohorts = [line for line in lines if line.startswith("plan cohort ")]
     assert len(teachers) == 4 and all("new (trained first, once)" in t for t in teachers)
-    assert len(cohorts) == 4 and all(" 8 runs, teacher resnet" in c for c in cohorts)
+    assert len(cohorts) == 4 and all(" 4 runs, teacher resnet" in c for c in cohorts)
     assert lines.index(cohorts[0]) > lines.index(teachers[-1])
-    assert len(lines) == 4 + 4 + 32  # then every job's own plan line
+    assert len(lines) == 4 + 4 + 16  # then every job's own plan line
 
 
-def test_a_killed_cohort_relaunched_finishes_with_the_uninterrupted_numbers(basic, tmp_path):
+def test_a_killed_cohort_relaunched_finishes_with_the_uninterrupted_numbers(solo, tmp_path):
     """kill -9 of the launching process once the first student epoch is on disk, then the same command."""
     store = tmp_path / "runs"
-    cmd = [sys.executable, str(SWEEPS.parent / "run.py"), *QUICK, "hydra/launcher=cohort", f"store={store}"]
+    cmd = [sys.executable, str(SWEEPS.parent / "run.py"), *QUICK, "method=ce,kd,oracle", "hydra/launcher=cohort",
+           f"store={store}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
@@ -136,6 +132,27 @@ def test_a_killed_cohort_relaunched_finishes_with_the_uninterrupted_numbers(basi
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(list(store.rglob("result.json"))) < 7  # killed mid-cohort: students unfinished
+    assert len(list(store.rglob("result.json"))) < 3  # killed mid-cohort: students unfinished
     assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=600).returncode == 0
-    assert snapshot(store) == basic
+    assert same_as_solo(store, solo) and len(snapshot(store)) == 3
+
+
+def test_a_member_with_a_non_finite_loss_fails_alone(tmp_path, capsys):
+    """lr 1e30 blows one member up in its first epoch: it stops with one line, writes no epoch, no result;
+    its cohort-mate finishes exactly as its solo run; alone, the same run is a one-line CLI error."""
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("resnet8", 10, 1).state_dict(), teacher)
+    common = [*BASE, "method=kd", f"teacher.checkpoint={teacher}", "train.epochs=1"]
+    good, bad = compose([*common, f"store={tmp_path / 'c'}"]), compose([*common, "train.lr=1e30", f"store={tmp_path / 'c'}"])
+    results = run_cohort([good, bad])
+    assert [r["status"] for r in results] == ["finished", "failed"]
+    assert "non-finite loss at step" in results[1]["error"] and "in epoch 1" in results[1]["error"]
+    failed = Path(results[1]["folder"])
+    assert not (failed / "result.json").exists() and not (failed / "last.pt").exists()
+    run(compose([*common, f"store={tmp_path / 's'}"]))
+    assert snapshot(tmp_path / "c") == snapshot(tmp_path / "s")
+    capsys.readouterr()
+    assert main([*common, "train.lr=1e30", f"store={tmp_path / 'c'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: run ") and "non-finite loss at step" in err[0]
