@@ -80,9 +80,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
              f(r.get("ratio"), ".2f"), f(r.get("ref_peak_mem_mib")), f(r.get("ours_peak_mem_mib")),
              f(r.get("ref_floor_img_s")), f(r.get("ours_floor_img_s")), f(r.get("ref_pct_of_floor"), ".1f"),
              f(r.get("ours_pct_of_floor"), ".1f")] for r in rows]
+    return render(head, body, left=2)
+
+
+def render(head: list[str], body: list[list[str]], left: int) -> str:
+    """Aligned text columns: the first `left` left-aligned (names), the rest right-aligned (numbers)."""
     widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def print_conditions(what: str, rc: RunConfig, common: dict[str, Any], device: torch.device, data: str = "") -> None:
+    """The first line of a bench report: device, threads, torch, batch, repeats and the hardware switches."""
+    b, hw = rc.bench, rc.hardware
+    print(f"{what} on {common['device_name']} ({device}, {common['threads']} threads; torch {torch.__version__}), "
+          f"{data}batch {b.batch_size}, median of {b.repeats} x {b.steps} steps; "
+          f"hardware: {hw.precision}, channels_last={hw.channels_last}, compile={hw.compile}")
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) -> None:
@@ -98,10 +111,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUM
 def print_bench_table(rc: RunConfig, rows: list[dict[str, Any]], common: dict[str, Any], device: torch.device,
                       path: Path) -> None:
     """The conditions of the run, what each column means, the table, and where the CSV went."""
-    b, hw = rc.bench, rc.hardware
-    print(f"bench on {common['device_name']} ({device}, {common['threads']} threads; torch {torch.__version__}), "
-          f"{common['data']} {common['dataset']} data, batch {b.batch_size}, median of {b.repeats} x {b.steps} steps; "
-          f"hardware: {hw.precision}, channels_last={hw.channels_last}, compile={hw.compile}")
+    b = rc.bench
+    print_conditions("bench", rc, common, device, f"{common['data']} {common['dataset']} data, ")
     print("ref = per-image torchvision transforms + DataLoader(workers="
           f"{b.workers}) + fp32 (Oracle: Step A by loss.backward()); ours = this runner's train_step; "
           f"MiB = peak memory ({rows[0]['peak_mem_kind'] if rows else ''}); floor = images/s at the measured "
@@ -130,18 +141,13 @@ def format_cohort_table(rows: list[dict[str, Any]]) -> str:
     body = [[r["preset"], str(r["members"]), str(r["batch_size"]), f(r.get("solo_img_s")), f(r.get("cohort_img_s")),
              f(r.get("ratio"), ".2f"), f(r.get("flop_ratio"), ".2f"), f(r.get("solo_largest_peak_mem_mib")),
              f(r.get("cohort_peak_mem_mib"))] for r in rows]
-    widths = [max(len(c[i]) for c in [head, *body]) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) if i < 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+    return render(head, body, left=1)
 
 
 def print_cohort_table(rc: RunConfig, rows: list[dict[str, Any]], common: dict[str, Any], device: torch.device,
                        path: Path) -> None:
     """The conditions of the run, what each column means, the table, and where the CSV went."""
-    b, hw = rc.bench, rc.hardware
-    print(f"bench cohorts on {common['device_name']} ({device}, {common['threads']} threads; torch "
-          f"{torch.__version__}), batch {b.batch_size}, median of {b.repeats} x {b.steps} steps; hardware: "
-          f"{hw.precision}, channels_last={hw.channels_last}, compile={hw.compile}")
+    print_conditions("bench cohorts", rc, common, device)
     print("solo = each member's train_step computing its own teacher outputs, members one after another; "
           "cohort = teacher outputs once per distinct input, then every member's train_step; img/s = members x "
           "batch x steps / time; ratio = cohort/solo; flop ratio = solo FLOPs / cohort FLOPs per batch (the "
