@@ -241,7 +241,7 @@ class Member:
             metrics.unlink()  # rows of a launch that died before its first checkpoint
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: float, stream: Stream,
-             global_batch: int | None, outs: dict[TeacherInput, TeacherOut], meter: EpochMeter) -> None:
+             global_batch: int | None, teacher_out: TeacherOut | None, meter: EpochMeter) -> None:
         """One optimisation step on the shared batch (per-step warm-up, DDP shard weighting)."""
         t = self.rc.train
         if epoch <= t.warmup_epochs:
@@ -250,9 +250,8 @@ class Member:
         if global_batch is not None:  # a shard: DDP averages over ranks, so weight it by its share of the batch
             self.distiller.global_batch_size = global_batch
             scale = y.numel() * stream.env.world_size / global_batch
-        inp = self.distiller.teacher_input()
         logits, losses, loss = train_step(self.forward_train, self.optimizer, x, y, epoch, stream.amp, scale,
-                                          outs.get(inp) if inp is not None else None)
+                                          teacher_out)
         meter.add(logits, losses, loss, y, self.distiller.global_batch_size)
 
     def save_epoch(self, row: dict[str, Any]) -> None:
@@ -297,14 +296,16 @@ class Trainer:
             m.distiller.train()
         meters = [EpochMeter(s.device) for _ in group]
         own = [0.0] * len(group)
-        inputs = [i for i in (m.distiller.teacher_input() for m in group) if i is not None]
+        wanted = [m.distiller.teacher_input() for m in group]  # once per epoch, not per step
+        inputs = [i for i in wanted if i is not None]
         start = time.perf_counter()
         for step, (x, y) in enumerate(loader.epoch(epoch)):
             global_batch = loader.global_batch_size(step) if s.env.active else None
             outs = s.teacher_outputs(inputs, x, y, global_batch)
             for i, m in enumerate(group):
                 t0 = time.perf_counter()
-                m.step(x, y, epoch, (step + 1) / steps, s, global_batch, outs, meters[i])
+                m.step(x, y, epoch, (step + 1) / steps, s, global_batch,
+                       outs[wanted[i]] if wanted[i] is not None else None, meters[i])
                 own[i] += time.perf_counter() - t0
             bar.update(len(group))
         total = time.perf_counter() - start
