@@ -53,6 +53,8 @@ def run_stages(stem_out: torch.Tensor, layers: tuple[nn.Sequential, ...], fc: nn
 class BasicBlock(nn.Module):
     """Two 3x3 convs plus a shortcut; a 1x1 projection only where the shape changes (option B)."""
 
+    bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
+
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
@@ -71,6 +73,8 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     """ResNet for small images; adaptive pooling makes it work for any input of at least 8 px."""
+
+    bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
 
     def __init__(
         self,

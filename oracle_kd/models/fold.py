@@ -20,10 +20,17 @@ def _fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias.requires_grad_(False)
 
 
+BN_FOLLOWS_CONV = "bn_follows_conv"
+"""Class attribute a module sets to True when each of its `bnK` children normalises the output of its `convK`.
+Names alone cannot tell: a pre-activation block (WRN) has `bn1` *before* `conv1`, and folding it would change
+the function. So name pairing is opt-in per module class; nn.Sequential order is always trustworthy."""
+
+
 def fold_batchnorm(model: nn.Module) -> int:
-    """Fold, in place, every BatchNorm2d that directly follows a Conv2d: pairs named `convK`/`bnK` in one
-    module (the ResNets' layout) and consecutive (Conv2d, BatchNorm2d) in an nn.Sequential (projection
-    shortcuts). The BN becomes nn.Identity. Only for a model that stays in eval mode; returns the count."""
+    """Fold, in place, every BatchNorm2d that directly follows a Conv2d: pairs named `convK`/`bnK` in a module
+    that declares `bn_follows_conv = True` (the ResNets' layout) and consecutive (Conv2d, BatchNorm2d) in an
+    nn.Sequential (projection shortcuts, VGG-style stacks). The BN becomes nn.Identity. Only for a model that
+    stays in eval mode; returns the count."""
     if model.training:
         raise ValueError("fold_batchnorm: the model must be in eval mode (a training BN uses batch statistics)")
     folded = 0
@@ -35,6 +42,8 @@ def fold_batchnorm(model: nn.Module) -> int:
                     _fuse(conv, bn)
                     setattr(module, bn_name, nn.Identity())
                     folded += 1
+            continue
+        if not getattr(module, BN_FOLLOWS_CONV, False):
             continue
         for name, bn in list(module.named_children()):
             conv = getattr(module, "conv" + name[2:], None) if name.startswith("bn") else None

@@ -36,6 +36,8 @@ would shrink a 64-px image to 16 px before layer1 and 2 px at layer4."""
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (stride here, as torchvision's "ResNet v1.5"), 1x1 expand x4, plus a shortcut."""
 
+    bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
+
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -71,6 +73,8 @@ def resolve_stem(stem: str, image_size: int | None) -> str:
 class ResNet(nn.Module):
     """torchvision's ResNet with a choice of stem; adaptive pooling makes any input size work
     (at least 32 px with the ImageNet stem, 8 px with the CIFAR stem)."""
+
+    bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
 
     def __init__(
         self,
