@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from oracle_kd.config import CONF_DIR, RunConfig, group_options, validate
-from oracle_kd.errors import OracleKDError
+from oracle_kd.errors import OracleKDError, StoreError, os_error_line
 from oracle_kd.tasks import task_entry
 
 log = logging.getLogger("oracle_kd")
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             return task_main(cfg)
         except OracleKDError as exc:  # report here: Hydra would add its own "Error executing job" line
             raise SystemExit(_report(exc)) from None
+        except OSError as exc:  # disk full, read-only or unwritable store: the path and what to do
+            raise SystemExit(_report(StoreError(os_error_line(exc)), exc)) from None
 
     try:
         _app()
@@ -121,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     except (OracleKDError, OmegaConfBaseException) as exc:
         return _report(exc)
+    except OSError as exc:  # e.g. Hydra cannot create its output folder under an unusable store
+        from hydra.errors import HydraException
+
+        if isinstance(exc, HydraException):  # MissingConfigException is an IOError too
+            return _report(exc)
+        return _report(StoreError(os_error_line(exc)), exc)
     except Exception as exc:
         from hydra.errors import HydraException
 
@@ -136,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(exc: BaseException) -> int:
+def _report(exc: BaseException, cause: BaseException | None = None) -> int:
     if os.environ.get("ORACLE_KD_TRACEBACK"):
-        raise exc
+        raise cause or exc
     print(f"error: {one_line_error(exc)}", file=sys.stderr, flush=True)
     return 2

@@ -11,6 +11,8 @@ that names the key and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -169,10 +171,8 @@ def register_configs() -> None:
     each method's schema, and one `teacher=`/`student=` option per registered model."""
     from oracle_kd.models import available_models
 
-    root = dataclasses.make_dataclass("RootConfig", [(n, c, field(default_factory=c)) for n, c in _SECTIONS.items()],
-                                      bases=(BaseConfig,))
     cs = ConfigStore.instance()
-    cs.store(name="base_config", node=root)
+    cs.store(name="base_config", node=_root_schema())
     for name in available_methods():
         _, cfg_cls = method_entry(name)
         cs.store(group="method", name=f"_{name}_schema", node=cfg_cls)
@@ -210,16 +210,62 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     require(all(m >= 1 for m in t.milestones), f"{prefix}.milestones", t.milestones, "must be epochs >= 1")
 
 
+def check_keys(node: DictConfig, cls: type, prefix: str = "") -> None:
+    """Every key of `node` must be a field of the dataclass `cls`, recursively. Hydra checks plain overrides,
+    but `+key=value` adds keys past the schema, so a typo (`+train.epoch=3`) would otherwise run silently
+    with the default."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "defaults"]
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if key == "hydra" and not prefix:  # Hydra's own node (present in multirun jobs)
+            continue
+        if key not in names:
+            where = prefix.rstrip(".") or "the top level"
+            raise ConfigError(f"unknown key {full!r}; {where} accepts: {', '.join(names)}")
+        sub = hints[key]
+        if dataclasses.is_dataclass(sub) and isinstance(node._get_node(key), DictConfig):
+            check_keys(node[key], sub, f"{full}.")
+
+
+def check_finite(obj: Any, key: str) -> None:
+    """No float anywhere in a config may be inf or nan: such a value passes every range check (inf >= 0)
+    and yields a run that "finishes" with NaN numbers."""
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            check_finite(getattr(obj, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(obj, float):
+        require(math.isfinite(obj), key, obj, "must be a finite number")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_finite(v, f"{key}[{i}]")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            check_finite(v, f"{key}.{k}")
+
+
+def _root_schema() -> type:
+    """The top-level schema: BaseConfig plus every registered task section."""
+    return dataclasses.make_dataclass("RootConfig", [(n, c, field(default_factory=c)) for n, c in _SECTIONS.items()],
+                                      bases=(BaseConfig,))
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's seeding both accept
+
+
 def validate(cfg: DictConfig) -> RunConfig:
     """Check a composed config and return its typed form; raises ConfigError (one line)."""
     if cfg.get("method") is None or "name" not in cfg.method:
         raise ConfigError(f"no method selected; add method=<one of: {', '.join(available_methods())}>")
     choice("method", cfg.method.name, available_methods())
     _, method_cls = method_entry(cfg.method.name)
+    check_keys(cfg, _root_schema())
+    check_keys(cfg.method, method_cls, "method.")
     try:
         method = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(method_cls), cfg.method))
     except Exception as exc:  # a key of another method, or a bad type
         raise ConfigError(f"method {cfg.method.name!r}: {' '.join(str(exc).split())}") from None
+    check_finite(method, "method")
     method.validate()
     method = method.for_teacher(cfg.teacher.arch)
 
@@ -230,6 +276,12 @@ def validate(cfg: DictConfig) -> RunConfig:
         progress=cfg.progress, stop_after_epoch=cfg.stop_after_epoch, task=cfg.task,
         sections={name: OmegaConf.to_object(cfg[name]) for name in _SECTIONS},
     )
+    for name in ("dataset", "teacher", "student", "train", "hardware"):
+        check_finite(getattr(rc, name), name)
+    for name, section in rc.sections.items():
+        check_finite(section, name)
+    lo, hi = SEED_RANGE
+    require(isinstance(rc.seed, int) and lo <= rc.seed <= hi, "seed", rc.seed, f"must be an integer in [{lo}, {hi}]")
     choice("dataset.name", rc.dataset.name, available_datasets())
     require(rc.dataset.crop_pad >= 0, "dataset.crop_pad", rc.dataset.crop_pad, "must be >= 0")
     require(rc.dataset.workers >= 0, "dataset.workers", rc.dataset.workers, "must be >= 0")

@@ -65,18 +65,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, distiller: Distiller, optimizer: torch.optim.Optimizer, state: TrainState,
-                    lr: float) -> None:
-    """last.pt: trainable weights (never the fixed teacher), optimizer, schedule position, RNG, state."""
+                    lr: float, rows: list[dict[str, Any]]) -> None:
+    """last.pt: trainable weights (never the fixed teacher), optimizer, schedule position, RNG, state, and the
+    metrics rows so far (the authoritative copy: metrics.jsonl is rebuilt from it on resume)."""
     atomic_torch_save(path, {"model": distiller.trainable_state_dict(), "optimizer": optimizer.state_dict(),
                              "schedule": {"epoch": state.epoch, "lr": lr}, "rng": rng_state(),
-                             "state": state.as_dict()})
+                             "state": state.as_dict(), "metrics": rows})
 
 
 def load_checkpoint(path: Path, distiller: Distiller, optimizer: torch.optim.Optimizer,
-                    device: torch.device) -> TrainState:
-    """Restore what `save_checkpoint` wrote (RNG included) and return the saved state."""
+                    device: torch.device) -> tuple[TrainState, list[dict[str, Any]] | None]:
+    """Restore what `save_checkpoint` wrote (RNG included); return the saved state and metrics rows (None
+    for a checkpoint written before they were kept). Any damage raises (weights_only: nothing executes)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
+    state = TrainState(**ckpt["state"])
     distiller.load_trainable_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     set_rng_state(ckpt["rng"])
-    return TrainState(**ckpt["state"])
+    return state, ckpt.get("metrics")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,7 +31,7 @@ from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.teacher import build_teacher, identify, needs_teacher, teacher_run_config
-from oracle_kd.errors import ConfigError, TrainingError
+from oracle_kd.errors import ConfigError, OracleKDError, StoreError, TrainingError, reason
 from oracle_kd.methods import Distiller, build_distiller
 from oracle_kd.models import build_model
 from oracle_kd.store import record
@@ -38,8 +39,8 @@ from oracle_kd.store.io import (
     append_metrics,
     atomic_torch_save,
     atomic_write_json,
-    read_json,
     read_metrics,
+    remove_stale_temps,
     run_lock,
     write_metrics,
 )
@@ -56,10 +57,8 @@ def obtain_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tup
     if rc.teacher.checkpoint == "auto":
         trc = teacher_run_config(rc)
         _, trid, tdir = identify(trc)
-        if not (tdir / record.RESULT).exists():
-            log.info("teacher %s on %s (seed %d) is not in the store: training it first (run %s)",
-                     rc.teacher.arch, rc.dataset.name, rc.seed, trid)
-        tresult = run(trc)
+        tresult = run(trc, announce=f"teacher {rc.teacher.arch} on {rc.dataset.name} (seed {rc.seed}) is not in "
+                                    f"the store: training it first (run {trid})")
         path, source = tdir / record.MODEL, f"run {trid}"
     else:
         path, source = Path(rc.teacher.checkpoint), rc.teacher.checkpoint
@@ -174,6 +173,7 @@ class Job:
     semantic: dict[str, Any]
     rid: str
     folder: Path
+    rebuild: str | None = None  # why its finished record is unusable: it is rebuilt from last.pt, never retrained
 
     @classmethod
     def of(cls, rc: RunConfig) -> "Job":
@@ -191,6 +191,7 @@ class Member:
     optimizer: torch.optim.Optimizer
     teacher_info: dict[str, Any] | None = None
     state: TrainState = field(default_factory=TrainState)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics rows so far (also kept in last.pt)
     last_eval: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
     failed: str | None = None
@@ -229,16 +230,55 @@ class Member:
             atomic_write_json(self.job.folder / record.CONFIG, {"run_id": self.job.rid, "semantic": self.job.semantic,
                                                                 "config": self.rc.as_dict()})
 
-    def resume(self, device: torch.device) -> None:
-        """Continue from last.pt (metrics rows beyond it are dropped), or start clean."""
-        metrics, ckpt = self.job.folder / record.METRICS, self.job.folder / record.CHECKPOINT
+    def resume(self, device: torch.device) -> bool:
+        """Continue from last.pt, or start clean; metrics.jsonl is rewritten from the checkpoint's rows. Under
+        the run's lock, so stale temp files and a previous launch's failure.json are cleared first.
+
+        Returns False when last.pt is unreadable: it is set aside as last.pt.corrupt and the caller builds
+        the member afresh (restart from epoch 0). A run whose finished record must be rebuilt (`job.rebuild`)
+        is never retrained: without a complete last.pt that is a StoreError."""
+        folder, rid, epochs = self.job.folder, self.job.rid, self.rc.train.epochs
+        metrics, ckpt = folder / record.METRICS, folder / record.CHECKPOINT
+        if self.job.rebuild and not ckpt.exists():
+            raise StoreError(f"run {rid}: {self.job.rebuild}, and there is no last.pt to rebuild it from; "
+                             f"delete {str(folder)!r} to train the run again")
+        if self.main:
+            remove_stale_temps(folder)
+            (folder / record.FAILURE).unlink(missing_ok=True)
         if ckpt.exists():
-            self.state = load_checkpoint(ckpt, self.distiller, self.optimizer, device)
+            try:
+                self.state, rows = load_checkpoint(ckpt, self.distiller, self.optimizer, device)
+            except Exception as exc:  # truncated, garbled, refused by weights_only, or not our layout
+                why = reason(exc)
+                if self.job.rebuild:
+                    raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt cannot rebuild it ({why}); "
+                                     f"delete {str(folder)!r} to train the run again") from None
+                if self.main:
+                    os.replace(ckpt, ckpt.with_name(ckpt.name + record.CORRUPT_SUFFIX))
+                log.warning("run %s: last.pt is unreadable (%s): kept as last.pt%s, training restarts from epoch 0",
+                            rid, why, record.CORRUPT_SUFFIX)
+                return False
+            self.rows = rows if rows is not None else [r for r in read_metrics(metrics) if r["epoch"] <= self.state.epoch]
             if self.main:
-                write_metrics(metrics, [r for r in read_metrics(metrics) if r["epoch"] <= self.state.epoch])
-            log.info("resuming run %s from epoch %d/%d", self.job.rid, self.state.epoch, self.rc.train.epochs)
+                write_metrics(metrics, self.rows)
+            log.info("resuming run %s from epoch %d/%d", rid, self.state.epoch, epochs)
         elif self.main and metrics.exists():
             metrics.unlink()  # rows of a launch that died before its first checkpoint
+        if self.job.rebuild:
+            if self.state.epoch < epochs:
+                raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt cannot rebuild it (it holds epoch "
+                                 f"{self.state.epoch} of {epochs}); delete {str(folder)!r} to train the run again")
+            result = folder / record.RESULT
+            if self.main and self.job.rebuild.startswith(record.RESULT) and result.exists():
+                os.replace(result, result.with_name(record.RESULT + record.CORRUPT_SUFFIX))
+            log.warning("run %s: %s: rebuilding its record from last.pt (all %d epochs done)%s", rid,
+                        self.job.rebuild, epochs, f"; the damaged file is kept as {record.RESULT}{record.CORRUPT_SUFFIX}"
+                        if self.job.rebuild.startswith(record.RESULT) else "")
+        stop = self.rc.stop_after_epoch
+        if stop is not None and stop <= self.state.epoch < epochs:  # relaunched with the same stop: stop at once
+            self.stopped = True
+            log.info("run %s is already past stop_after_epoch=%d (epoch %d): not training", rid, stop, self.state.epoch)
+        return True
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: float, stream: Stream,
              global_batch: int | None, teacher_out: TeacherOut | None, meter: EpochMeter) -> None:
@@ -255,9 +295,11 @@ class Member:
         meter.add(logits, losses, loss, y, self.distiller.global_batch_size)
 
     def save_epoch(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
         if self.main:
             append_metrics(self.job.folder / record.METRICS, row)
-            save_checkpoint(self.job.folder / record.CHECKPOINT, self.distiller, self.optimizer, self.state, row["lr"])
+            save_checkpoint(self.job.folder / record.CHECKPOINT, self.distiller, self.optimizer, self.state, row["lr"],
+                            self.rows)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -283,8 +325,12 @@ class Trainer:
                 m.teacher_info = self.stream.teacher_report(m.rc.train.eval_batch_size)
 
     def resume(self) -> None:
-        for m in self.members:
-            m.resume(self.stream.device)
+        for i, m in enumerate(self.members):
+            if not m.resume(self.stream.device):  # last.pt was unreadable: the same run, built afresh
+                fresh = Member.build(m.job, self.stream)
+                fresh.teacher_info = m.teacher_info
+                fresh.resume(self.stream.device)
+                self.members[i] = fresh
 
     def epoch(self, epoch: int, group: list[Member], bar: Any) -> tuple[list[EpochMeter], list[float]]:
         """One epoch of shared batches for `group`; returns each member's meter and its share of the time."""
@@ -344,6 +390,8 @@ class Trainer:
     def finish(self, m: Member) -> dict[str, Any]:
         """model.pt, then result.json (written last: its presence means finished)."""
         if m.stopped or m.failed is not None:
+            if m.failed and m.main:
+                write_failure(m.job, m.failed)
             return {"run_id": m.job.rid, "status": "failed" if m.failed else "stopped", "epoch": m.state.epoch,
                     "folder": str(m.job.folder), **({"error": m.failed} if m.failed else {})}
         rc, s, st = m.rc, self.stream, m.state
@@ -351,6 +399,7 @@ class Trainer:
             m.last_eval = evaluate(m.distiller.student, s.test_loader(rc.train.eval_batch_size), s.amp, self.env)
         if m.main:
             atomic_torch_save(m.job.folder / record.MODEL, m.distiller.student.state_dict())
+        model_bytes = (m.job.folder / record.MODEL).stat().st_size if m.main else None
         result = RunResult(
             run_id=m.job.rid, status="finished", folder=str(m.job.folder), dataset=rc.dataset.name,
             method=rc.method.name, student=rc.student.arch, teacher=m.teacher_info["arch"] if m.teacher_info else None,
@@ -362,6 +411,7 @@ class Trainer:
             sync_bn=rc.hardware.sync_bn if self.env.active else None, torch_version=torch.__version__,
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             cohort={"size": len(self.members), "time_share": st.train_time_s / max(st.cohort_time_s, 1e-9)},
+            model_bytes=model_bytes,
         ).to_json()
         if m.main:
             atomic_write_json(m.job.folder / record.RESULT, result)
@@ -402,16 +452,27 @@ class Trainer:
         return [self.finish(m) for m in self.members]
 
 
-def run(rc: RunConfig) -> dict[str, Any]:
+def write_failure(job: Job, error: str) -> None:
+    """failure.json: the run stopped on an error (the tables list it as failed, not unfinished). Best effort:
+    the store may be the thing that failed."""
+    try:
+        atomic_write_json(job.folder / record.FAILURE, {"run_id": job.rid, "error": error,
+                                                        "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    except OSError:
+        pass
+
+
+def run(rc: RunConfig, announce: str | None = None) -> dict[str, Any]:
     """Run (or skip, or resume) one training run and return its result record: a cohort of one. A run
-    that failed (non-finite loss) raises TrainingError, one line."""
-    result = run_cohort([rc])[0]
+    that failed (non-finite loss) raises TrainingError, one line. `announce` is logged only if this process
+    is the one that trains it (not one waiting for it, nor when it is finished)."""
+    result = run_cohort([rc], announce)[0]
     if result["status"] == "failed":
         raise TrainingError(result["error"])
     return result
 
 
-def run_cohort(rcs: list[RunConfig]) -> list[dict[str, Any]]:
+def run_cohort(rcs: list[RunConfig], announce: str | None = None) -> list[dict[str, Any]]:
     """Train runs that share their batch stream and teacher together (`check_cohort`); return their records
     in order. Finished runs are skipped, unfinished ones resume from last.pt. Each run's lock is held for
     the whole launch (in run_id order, so two overlapping cohorts cannot deadlock); under DDP rank 0 holds
@@ -428,8 +489,8 @@ def run_cohort(rcs: list[RunConfig]) -> list[dict[str, Any]]:
         for trc in teachers.values():
             run(trc)
     results: dict[str, dict[str, Any]] = {}
-    if not env.active:  # finished runs need no lock (result.json is written last, atomically)
-        results.update((j.rid, r) for j in jobs if (r := _finished(j)) is not None)
+    if not env.active:  # finished runs need no lock (result.json is written last, atomically): a read-only store works
+        results.update((j.rid, r) for j in jobs if (r := _stored(j)) is not None)
     pending = [j for j in jobs if j.rid not in results]
     with contextlib.ExitStack() as locks:
         for job in sorted(pending, key=lambda j: j.rid):
@@ -437,33 +498,56 @@ def run_cohort(rcs: list[RunConfig]) -> list[dict[str, Any]]:
                 locks.enter_context(run_lock(job.folder, on_wait=lambda rid=job.rid: log.info(
                     "run %s is being trained by another process: waiting", rid)))
         distributed.barrier(env)  # every rank now sees the folders as rank 0 found them
-        results.update((j.rid, r) for j in pending if (r := _finished(j)) is not None)
+        results.update((j.rid, r) for j in pending if (r := _stored(j)) is not None)
         pending = [j for j in pending if j.rid not in results]
         if pending:
-            results.update(zip((j.rid for j in pending), Trainer(pending, env, device_name).fit()))
+            if announce:
+                log.info("%s", announce)
+            try:
+                results.update(zip((j.rid for j in pending), Trainer(pending, env, device_name).fit()))
+            except Exception as exc:  # a data/device/config error: the runs are failed, not merely unfinished
+                if env.is_main and not isinstance(exc, (StoreError, OSError)):
+                    line = str(exc) if isinstance(exc, OracleKDError) else reason(exc)
+                    for job in pending:
+                        if job.folder.is_dir() and not (job.folder / record.RESULT).exists():
+                            write_failure(job, " ".join(line.split()))
+                raise
         distributed.barrier(env)  # rank 0 has written the records before anyone moves on
     return [results[j.rid] for j in ordered]
 
 
-def _finished(job: Job) -> dict[str, Any] | None:
-    """The stored record of a finished run (logged), or None."""
-    if not (job.folder / record.RESULT).exists():
-        return None
-    result = read_json(job.folder / record.RESULT)
-    log.info("run %s (%s %s) is already finished: best top-1 %.2f, last %.2f — not training again",
-             job.rid, job.rc.method.name, job.rc.student.arch, result["best_top1"], result["last_top1"])
-    return result
+def _stored(job: Job) -> dict[str, Any] | None:
+    """The stored record of a finished run (logged), or None. A record or model.pt that is damaged marks the
+    job for rebuilding from last.pt (`job.rebuild`) instead of training."""
+    result, problem = record.read_result(job.folder)
+    if result is not None:
+        problem = record.model_problem(job.folder, result)
+        if problem is None:
+            log.info("run %s (%s %s) is already finished: best top-1 %.2f, last %.2f — not training again",
+                     job.rid, job.rc.method.name, job.rc.student.arch, result["best_top1"], result["last_top1"])
+            return result
+    elif problem is not None:
+        problem = f"{record.RESULT} {problem}"
+    job.rebuild = problem
+    return None
 
 
 def run_status(rc: RunConfig) -> dict[str, Any]:
     """Where a run stands without touching it: finished, resumable (with its last epoch) or new."""
     _, rid, folder = identify(rc)
-    state = "new"
-    if (folder / record.RESULT).exists():
-        state = "finished"
-    elif (folder / record.METRICS).exists():
+    result, problem = record.read_result(folder)
+    if result is not None:
+        problem = record.model_problem(folder, result)
+        state = "finished" if problem is None else f"finished, but {problem}: a launch rebuilds it from last.pt"
+    elif problem is not None:
+        state = f"damaged: {record.RESULT} {problem}: a launch rebuilds it from last.pt"
+    elif (folder / record.FAILURE).exists():
+        state = "failed: a launch retries it from its last checkpoint"
+    elif (folder / record.CHECKPOINT).exists():
         done = [r["epoch"] for r in read_metrics(folder / record.METRICS)]
-        state = f"resumable after epoch {max(done)}" if done else "new"
+        state = f"resumable after epoch {max(done)}" if done else "resumable"
+    else:
+        state = "new"
     return {"run_id": rid, "status": state, "folder": str(folder)}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from oracle_kd.errors import CheckpointError
+from oracle_kd.errors import CheckpointError, reason
 
 WRAPPER_KEYS = ("model", "state_dict", "net")
 
@@ -40,8 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(_allowed_globals()):
             obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: "
-                              f"{' '.join(str(exc).split())[:300]}") from None
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: {reason(exc)}") from None
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict):

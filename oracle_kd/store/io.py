@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+TEMP_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` in the target's folder
+
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
@@ -24,19 +26,30 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    """Write via a temp file in the same folder, fsync, then rename: readers see old or new, never half.
+    The file gets the mode any other file would (0o666 & ~umask), not mkstemp's private 0600, so colleagues
+    sharing a store can read it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise with_path(exc, path) from exc
         raise
 
 
@@ -56,16 +69,19 @@ def read_json(path: str | Path) -> Any:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Per-epoch rows; a torn last line (a crash mid-append) is ignored."""
+    """Per-epoch rows. A line that is not a JSON object with an integer `epoch` (a torn last line after a
+    crash mid-append, garbled bytes) is skipped: the run's checkpoint holds the authoritative copy."""
     rows = []
     p = Path(path)
     if not p.exists():
         return rows
-    for line in p.read_text().splitlines():
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
     return rows
 
 
@@ -74,10 +90,28 @@ def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def append_metrics(path: str | Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise with_path(exc, path) from exc
+
+
+def with_path(exc: OSError, path: str | Path) -> OSError:
+    """`exc` naming the file it concerns (a failed write() on an open file carries no filename)."""
+    return exc if exc.filename else type(exc)(exc.errno, exc.strerror, str(path))
+
+
+def remove_stale_temps(folder: str | Path) -> int:
+    """Delete the temp files of atomic writes that a killed process left in `folder` (full checkpoint
+    size each); only safe under the folder's lock. Returns how many were removed."""
+    removed = 0
+    for p in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 @contextmanager

@@ -1,14 +1,17 @@
 """What a run folder holds, and the schema of result.json (the record that marks a run finished).
 
 Layout of a run folder: config.json (semantic + full config), metrics.jsonl (one row per epoch),
-last.pt (everything needed to resume), model.pt (final student weights) and, written last,
-result.json — its presence is what "finished" means.
+last.pt (everything needed to resume, including a copy of the metrics rows), model.pt (final student
+weights) and, written last, result.json — its presence is what "finished" means. A run that stopped on an
+error holds failure.json instead (removed when a later launch takes the run up again).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import math
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,8 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "last.pt"
 MODEL = "model.pt"
 CONFIG = "config.json"
+FAILURE = "failure.json"
+CORRUPT_SUFFIX = ".corrupt"  # a damaged file the tool replaced is kept beside it under this suffix
 REQUIRED = ("run_id", "status", "dataset", "method", "student", "seed", "best_top1", "last_top1", "semantic")
 
 
@@ -76,6 +81,52 @@ class RunResult:
     finished_at: str
     cohort: Optional[dict[str, Any]] = None  # {"size": runs trained together, "time_share": this run's share}
     code_version: str = dataclasses.field(default_factory=code_version)
+    model_bytes: Optional[int] = None  # size of model.pt, so a truncated file is noticed without reading it
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def result_problem(rec: Any) -> str | None:
+    """Why a parsed result.json cannot be trusted as a finished record (one phrase), or None."""
+    if not isinstance(rec, dict):
+        return f"holds a JSON {type(rec).__name__}, not an object"
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if rec["status"] != "finished":
+        return f"has status {rec['status']!r}, not 'finished'"
+    bad = [k for k in ("best_top1", "last_top1") if not _number(rec[k])]
+    bad += [k for k, kind in (("run_id", str), ("semantic", dict), ("seed", int)) if not isinstance(rec[k], kind)]
+    return f"has malformed {', '.join(bad)}" if bad else None
+
+
+def read_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(record, None) for a sound result.json; (None, why) for a damaged one; (None, None) when absent."""
+    path = folder / RESULT
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None, "is not valid JSON (truncated or garbled)" if raw.strip() else "is empty"
+    problem = result_problem(rec)
+    return (None, problem) if problem else (rec, None)
+
+
+def model_problem(folder: Path, rec: dict[str, Any]) -> str | None:
+    """Why a finished run's model.pt is unusable (missing, or not the size its record says), or None."""
+    path = folder / MODEL
+    if not path.is_file():
+        return "model.pt is missing"
+    size = path.stat().st_size
+    expected = rec.get("model_bytes")
+    if size == 0 or (isinstance(expected, int) and size != expected):
+        return f"model.pt is truncated ({size} bytes{f', expected {expected}' if isinstance(expected, int) else ''})"
+    return None

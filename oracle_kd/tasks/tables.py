@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from oracle_kd.config import RunConfig
-from oracle_kd.errors import choice
+from oracle_kd.errors import choice, reason
 from oracle_kd.store import record
 from oracle_kd.store.analysis import collect_analysis
 from oracle_kd.store.identity import content_hash
@@ -83,6 +83,25 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _read_record(folder: Path, problems: list[Problem]) -> tuple[dict[str, Any] | None, str | None]:
+    """A folder's finished record, or None with a Problem saying what the folder is and what to run."""
+    rec, problem = record.read_result(folder)
+    if problem is not None:
+        problems.append(Problem(str(folder / record.RESULT), f"damaged: {record.RESULT} {problem}; relaunch the run "
+                                "to rebuild it from last.pt"))
+    elif rec is None and (folder / record.FAILURE).exists():
+        try:
+            error = read_json(folder / record.FAILURE).get("error", "?")
+        except (OSError, ValueError, AttributeError):
+            error = "failure.json is unreadable"
+        problems.append(Problem(str(folder), f"failed: {error}; fix the cause and relaunch to retry it"))
+    elif rec is None:
+        problems.append(Problem(str(folder), "unfinished run (no result.json): relaunch it to resume"))
+    elif (why := record.model_problem(folder, rec)) is not None:
+        problems.append(Problem(str(folder), f"{why}; its numbers are listed, relaunch the run to rebuild the file"))
+    return rec, problem
+
+
 def read_results(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, list[Problem]]:
     """One row per valid, finished record under the roots, and one Problem per bad or unfinished run.
 
@@ -98,26 +117,16 @@ def read_results(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, list[Proble
         folders = sorted({p.parent for name in (record.RESULT, record.CONFIG, record.CHECKPOINT)
                           for p in root.rglob(name) if ".hydra" not in p.parts})
         for folder in folders:
-            path = folder / record.RESULT
-            if not path.exists():
-                problems.append(Problem(str(folder), "unfinished run (no result.json): relaunch it to resume"))
+            rec, problem = _read_record(folder, problems)
+            if rec is None or rec["run_id"] in seen:  # unusable, or the same run reached through two roots
                 continue
             try:
-                rec = read_json(path)
-            except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-                problems.append(Problem(str(path), f"corrupt ({exc.__class__.__name__}: {' '.join(str(exc).split())[:80]})"))
+                row = _row(rec)
+            except (AttributeError, TypeError, KeyError, ValueError) as exc:
+                problems.append(Problem(str(folder / record.RESULT), f"malformed record ({reason(exc)})"))
                 continue
-            missing = [k for k in record.REQUIRED if k not in rec] if isinstance(rec, dict) else ["everything"]
-            if missing:
-                problems.append(Problem(str(path), f"incomplete record (missing {', '.join(missing)})"))
-                continue
-            if rec["status"] != "finished" or not isinstance(rec["best_top1"], (int, float)):
-                problems.append(Problem(str(path), f"not a finished record (status {rec['status']!r})"))
-                continue
-            if rec["run_id"] in seen:
-                continue  # the same run reached through two roots
             seen.add(rec["run_id"])
-            rows.append(_row(rec))
+            rows.append(row)
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["dataset", "teacher", "student", "method", "variant", "recipe", "seed", "run_id"],

@@ -27,7 +27,7 @@ def error_line(capsys, argv, tmp_path) -> str:
     (["student=resnet21"], "unknown student 'resnet21'; choose one of:"),
     (["teacher=vgg"], "unknown teacher 'vgg'; choose one of:"),
     (["dataset=mnist"], "unknown dataset 'mnist'; choose one of: cifar10, cifar100, digits"),
-    (["student.arch=resnet21"], "student.arch='resnet21' is not one of: resnet8,"),
+    (["student.arch=resnet21"], "student.arch='resnet21' is not one of: "),
     (["method=oracle", "method.gamma=-1"], "method.gamma=-1.0 must be >= 0"),
     (["method=oracle", "method.gamma_reduction=max"], "method.gamma_reduction='max' is not one of: mean, sum"),
     (["method=kd", "method.temperature=0"], "method.temperature=0.0 must be > 0"),

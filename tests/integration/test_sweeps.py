@@ -118,8 +118,9 @@ def test_corrupt_and_unfinished_records_are_reported_and_skipped(tiny_sweep, tmp
     (broken / "ccc" / "result.json").write_text(json.dumps({"run_id": "ccc"}))
     df, problems = read_results([store, tmp_path / "broken"])
     assert len(df) == 12
-    why = sorted(p.why.split(" ")[0] for p in problems)
-    assert why == ["corrupt", "incomplete", "unfinished"]
+    why = sorted(p.why for p in problems)
+    assert why[0].startswith("damaged: result.json is not valid JSON") and why[1].startswith("damaged: result.json lacks")
+    assert why[2].startswith("unfinished")
     assert main([f"store={store}", f"tables.roots=[{tmp_path / 'broken'}]", f"results_dir={tmp_path}/r",
                  "task=tables"]) == 0
 

@@ -1,0 +1,124 @@
+"""Wide ResNets for CIFAR (Zagoruyko & Komodakis 2016) in the layout of RepDistiller/mdistiller: depth 6n+4,
+widths 16-16k-32k-64k, pre-activation blocks, dropout 0 (the KD zoo never uses it).
+
+Module names follow mdistiller (``conv1``, ``block{1,2,3}.layer.{i}.{bn1,conv1,bn2,conv2,convShortcut}``, the final
+``bn1``, ``fc``) so its released checkpoints (e.g. the ``wrn_40_2`` CIFAR-100 teacher) load with ``strict=True``.
+
+Features, at mdistiller's ``feats`` points:
+  stages: [stem conv output (WRN has no BN-ReLU there), block1..3 outputs] -- all pre-activation residual sums,
+          taken before the next block's (or the final) BN-ReLU, so they can be negative;
+  blocks: every block's output (the last is stages[-1]);
+  pooled: spatial mean of relu(bn1(stages[-1])), the final BN-ReLU applied -- NOT the mean of stages[-1].
+Works for any input of at least 8 px (8x8 digits give 8-4-2 maps).
+
+BN folding: none of the BNs follows a conv (each precedes one), so neither class sets ``bn_follows_conv``;
+in particular the model's own ``conv1``/``bn1`` share a suffix but bn1 normalises block3's output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oracle_kd.core.features import Features
+from oracle_kd.models.registry import register_model
+
+
+def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+class WideBasicBlock(nn.Module):
+    """Pre-activation block: BN-ReLU-conv twice. Where the width changes, the input's BN-ReLU is shared by the
+    residual branch and a 1x1 ``convShortcut``; otherwise the raw input is the shortcut (as in mdistiller)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = _conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        # Projection decided by width alone, like the reference: every stage that strides also widens.
+        self.convShortcut = None if in_planes == planes else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Out-of-place ops: x may be a tensor already handed out in Features.
+        act = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
+        shortcut = x if self.convShortcut is None else self.convShortcut(act)
+        return shortcut + out
+
+
+class WideStage(nn.Module):
+    """n blocks at one width; a module of its own only so the keys read ``blockK.layer.i`` as in checkpoints."""
+
+    def __init__(self, n: int, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*[WideBasicBlock(in_planes if i == 0 else planes, planes, stride if i == 0 else 1)
+                                     for i in range(n)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def init_wrn_weights(model: nn.Module) -> None:
+    """mdistiller's init: convs N(0, 2/(k*k*out)), i.e. kaiming-normal fan_out; BN weight 1 bias 0; fc bias 0
+    (fc weight keeps PyTorch's default)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k: a bare 3x3 stem conv, three pre-activation stages, then the shared BN-ReLU, pooling and fc."""
+
+    def __init__(self, depth: int, widen_factor: int, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 4) % 6 != 0 or depth < 10:
+            raise ValueError(f"WRN depth must be 6n+4 with n >= 1, got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.num_classes = num_classes
+        self.stage_channels: list[int] = widths
+
+        self.conv1 = _conv3x3(in_channels, widths[0])
+        self.block1 = WideStage(n, widths[0], widths[1], 1)
+        self.block2 = WideStage(n, widths[1], widths[2], 2)
+        self.block3 = WideStage(n, widths[2], widths[3], 2)
+        self.bn1 = nn.BatchNorm2d(widths[3])
+        self.fc = nn.Linear(widths[3], num_classes)
+        init_wrn_weights(self)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
+        """Return logits and the intermediate features that distillation methods consume."""
+        out = self.conv1(x)
+        stages, blocks = [out], []
+        for stage in (self.block1, self.block2, self.block3):
+            for block in stage.layer:
+                out = block(out)
+                blocks.append(out)
+            stages.append(out)
+        # Adaptive pooling equals mdistiller's fixed 8x8 average pool at 32 px and also serves smaller inputs.
+        pooled = torch.flatten(F.adaptive_avg_pool2d(F.relu(self.bn1(out)), 1), 1)
+        return self.fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+
+
+def _register(name: str, depth: int, widen_factor: int) -> None:
+    @register_model(name)
+    def _factory(num_classes: int, in_channels: int, image_size: int | None = None, stem: str = "auto") -> WideResNet:
+        # image_size/stem are accepted so callers can pass them for every family; the 3x3 stem and adaptive
+        # pooling already fit any input of at least 8 px, so they change nothing.
+        return WideResNet(depth, widen_factor, num_classes, in_channels)
+
+    _factory.__name__ = name
+    _factory.__doc__ = f"CIFAR {name}: depth {depth}, widen factor {widen_factor}, dropout 0."
+
+
+for _depth, _k in ((16, 1), (16, 2), (40, 1), (40, 2)):
+    _register(f"wrn_{_depth}_{_k}", _depth, _k)

@@ -1,0 +1,418 @@
+"""Reliability: a typo, a non-finite value, a damaged store or a full disk gets one clear line and loses nothing.
+
+Each damaged-store case starts from a copy of one finished (or one stopped) run, damages one file the way a
+crash, a hand edit or a bad disk would, relaunches, and checks the exit code, that anything printed is one
+line naming the file or key, and that the finished numbers did not change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from oracle_kd.cli import main
+
+BASE = ["dataset=digits", "teacher=resnet8", "student=resnet8", "train=quick", "train.epochs=2",
+        "train.milestones=[1]", "progress=false", "hardware=cpu", "hardware.threads=1"]  # threads: bit-equal numbers
+# in and out of process, whatever thread count an earlier test left behind
+CE = [*BASE, "method=ce"]
+KD = [*BASE, "method=kd"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def launch(store: Path, *args: str) -> int:
+    return main([f"store={store}", *args])
+
+
+def folder_of(store: Path, method: str) -> Path:
+    (path,) = [p for p in store.rglob("config.json") if p.parts[-4] == method]
+    return path.parent
+
+
+def numbers(folder: Path) -> dict:
+    rec = json.loads((folder / "result.json").read_text())
+    return {k: rec[k] for k in ("run_id", "best_top1", "best_epoch", "last_top1", "last_test_loss")}
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_model(a: Path, b: Path) -> None:
+    ta, tb = tensors(a), tensors(b)
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with a finished KD run and its finished auto teacher (the uninterrupted reference)."""
+    store = tmp_path_factory.mktemp("finished") / "runs"
+    assert launch(store, *KD) == 0
+    return store
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same KD run stopped after epoch 1 (a resumable, unfinished run)."""
+    store = tmp_path_factory.mktemp("stopped") / "runs"
+    assert launch(store, *KD, "stop_after_epoch=1") == 0
+    return store
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path):
+    def make(store: Path) -> Path:
+        dest = tmp_path / "runs"
+        shutil.copytree(store, dest)
+        return dest
+
+    return make
+
+
+# ----------------------------------------------------------------------------- config: typos, non-finite, seeds
+@pytest.mark.parametrize("override,key", [("+method.gama=2", "method.gama"), ("+train.epoch=3", "train.epoch"),
+                                          ("+seeed=3", "seeed"), ("+hardware.thread=2", "hardware.thread"),
+                                          ("+tune.trials=2", "tune.trials")])
+def test_a_plus_typo_is_one_line_naming_the_key(tmp_path, capsys, override, key):
+    assert launch(tmp_path / "runs", *BASE, "method=oracle", override) == 2
+    line = one_error_line(capsys)
+    assert f"unknown key {key!r}" in line and "accepts:" in line
+    assert not (tmp_path / "runs" / "digits").exists()
+
+
+@pytest.mark.parametrize("override", ["method.gamma=inf", "train.lr=inf", "method.temperature=inf",
+                                      "method.alpha=nan", "train.weight_decay=-inf"])
+def test_non_finite_values_are_rejected(tmp_path, capsys, override):
+    assert launch(tmp_path / "runs", *BASE, "method=oracle", override) == 2
+    key = override.split("=")[0]
+    assert f"error: {key}=" in one_error_line(capsys) and not (tmp_path / "runs" / "digits").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**40)])
+def test_seed_outside_numpy_and_torch_range_is_rejected_up_front(tmp_path, capsys, seed):
+    assert launch(tmp_path / "runs", *CE, f"seed={seed}") == 2
+    assert "seed=" in one_error_line(capsys) and not (tmp_path / "runs" / "digits").exists()
+
+
+def test_non_finite_loss_fails_the_run_and_the_tables_say_so(tmp_path, capsys):
+    store = tmp_path / "runs"
+    assert launch(store, *CE, "train.lr=1e30") == 2
+    line = one_error_line(capsys)
+    assert "non-finite loss at step" in line and "in epoch 1" in line and "(terms: " in line
+    folder = folder_of(store, "ce")
+    assert not (folder / "result.json").exists()
+    assert "non-finite loss" in json.loads((folder / "failure.json").read_text())["error"]
+    assert launch(store, "task=tables", f"results_dir={tmp_path / 'res'}") == 0
+    out = capsys.readouterr()
+    assert "failed: run " in out.out + out.err and "unfinished" not in out.out + out.err
+
+
+# ----------------------------------------------------------------------------- file modes
+@pytest.mark.parametrize("umask", [0o002, 0o022])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        store = tmp_path / "runs"
+        assert launch(store, *CE, "stop_after_epoch=1") == 0
+        assert launch(store, *CE) == 0  # the resume rewrites metrics.jsonl atomically
+        assert launch(store, "task=tables", f"results_dir={tmp_path / 'res'}") == 0
+    finally:
+        os.umask(old)
+    files = [p for p in [*store.rglob("*"), *(tmp_path / "res").rglob("*")] if p.is_file() and p.name != ".lock"]
+    assert {p.name for p in files} >= {"result.json", "last.pt", "model.pt", "config.json", "metrics.jsonl"}
+    assert any(p.suffix == ".csv" for p in files)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(0o666 & ~umask) for p in files}
+
+
+# ----------------------------------------------------------------------------- damaged result.json / model.pt
+DAMAGE = {
+    "truncated": lambda b: b[: len(b) // 2],
+    "garbled": lambda b: bytes(x ^ 0x5A for x in b),
+    "empty": lambda b: b"",
+    "not_an_object": lambda b: b"[1, 2, 3]\n",
+    "missing_keys": lambda b: json.dumps({k: v for k, v in json.loads(b).items() if k != "best_top1"}).encode(),
+    "string_number": lambda b: json.dumps({**json.loads(b), "last_top1": "71.3"}).encode(),
+    "semantic_not_object": lambda b: json.dumps({**json.loads(b), "semantic": "oops"}).encode(),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("which", ["kd", "ce"])  # the run itself, or its auto teacher
+def test_damaged_result_is_rebuilt_from_last_pt(finished, copy_of, capsys, damage, which):
+    store = copy_of(finished)
+    folder = folder_of(store, which)
+    before, original = numbers(folder), (folder / "result.json").read_bytes()
+    (folder / "result.json").write_bytes(DAMAGE[damage](original))
+    assert launch(store, "task=tables", f"results_dir={store.parent / 'res'}") == 0
+    out = capsys.readouterr()
+    assert f"{folder / 'result.json'}: damaged: result.json " in out.out + out.err
+    assert launch(store, *(KD if which == "kd" else [*BASE, "method=at"])) == 0  # a new student needs the teacher
+    assert numbers(folder) == before
+    assert (folder / "result.json.corrupt").read_bytes() == DAMAGE[damage](original)
+    assert_same_model(folder / "model.pt", finished / folder.relative_to(store) / "model.pt")
+
+
+def test_damaged_result_without_a_complete_checkpoint_is_one_line_and_not_retrained(finished, copy_of, capsys):
+    store = copy_of(finished)
+    folder = folder_of(store, "kd")
+    (folder / "result.json").write_bytes(b"{")
+    (folder / "last.pt").unlink()
+    assert launch(store, *KD) == 2
+    line = one_error_line(capsys)
+    assert "result.json is not valid JSON" in line and "no last.pt" in line and str(folder) in line
+    assert (folder / "result.json").read_bytes() == b"{" and (folder / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+@pytest.mark.parametrize("which", ["kd", "ce"])
+def test_damaged_model_pt_is_noticed_and_rebuilt(finished, copy_of, capsys, damage, which):
+    store = copy_of(finished)
+    folder = folder_of(store, which)
+    before = numbers(folder)
+    model = folder / "model.pt"
+    if damage == "deleted":
+        model.unlink()
+    else:
+        model.write_bytes(model.read_bytes()[:1000])
+    assert launch(store, "task=tables", f"results_dir={store.parent / 'res'}") == 0
+    out = capsys.readouterr()
+    assert f"{folder}: model.pt is {'missing' if damage == 'deleted' else 'truncated'}" in out.out + out.err
+    assert main([f"store={store}", *KD, "task=plan"]) == 0
+    assert "rebuilds it from last.pt" in capsys.readouterr().out or which == "ce"
+    assert launch(store, *(KD if which == "kd" else [*BASE, "method=at"])) == 0  # a new student needs the teacher
+    assert numbers(folder) == before
+    assert_same_model(model, finished / folder.relative_to(store) / "model.pt")
+
+
+# ----------------------------------------------------------------------------- damaged last.pt / metrics.jsonl
+def _hostile_checkpoint(path: Path) -> None:
+    torch.save({"state": {"epoch": 1}, "payload": shutil.rmtree}, path)  # a global outside the allow-list
+
+
+LAST_PT_DAMAGE = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:5000]),
+    "garbled": lambda p: p.write_bytes(bytes(x ^ 0x5A for x in p.read_bytes())),
+    "hostile": _hostile_checkpoint,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(LAST_PT_DAMAGE))
+def test_unreadable_last_pt_restarts_the_run_and_keeps_the_file_aside(finished, stopped, copy_of, capfd, damage):
+    store = copy_of(stopped)
+    folder = folder_of(store, "kd")
+    LAST_PT_DAMAGE[damage](folder / "last.pt")
+    assert launch(store, *KD) == 0
+    assert (folder / "last.pt.corrupt").exists()
+    warnings = [line for line in capfd.readouterr().out.splitlines() if "last.pt is unreadable" in line]
+    assert len(warnings) == 1 and "Weights only load failed" not in warnings[0], warnings
+    assert "\x1b" not in warnings[0], repr(warnings[0])
+    if damage == "hostile":
+        assert "Unsupported global: shutil.rmtree" in warnings[0]
+    reference = finished / folder.relative_to(store)
+    assert numbers(folder) == numbers(reference)
+    assert_same_model(folder / "model.pt", reference / "model.pt")
+    assert (folder / "metrics.jsonl").read_text().count("\n") == 2
+
+
+METRICS_DAMAGE = {
+    "non_object_line": lambda t: t.replace("\n", "\n[1, 2]\n", 1),
+    "non_utf8": lambda t: t + "\udcff",
+    "garbled_row": lambda t: "#" + t[1:],
+    "deleted_row": lambda t: "",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(METRICS_DAMAGE))
+def test_damaged_metrics_are_rebuilt_from_the_checkpoint(finished, stopped, copy_of, damage):
+    store = copy_of(stopped)
+    folder = folder_of(store, "kd")
+    path = folder / "metrics.jsonl"
+    path.write_bytes(METRICS_DAMAGE[damage](path.read_text()).encode("utf-8", errors="surrogateescape"))
+    assert launch(store, *KD) == 0
+    reference = finished / folder.relative_to(store)
+    assert numbers(folder) == numbers(reference)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [{k: v for k, v in r.items() if "time" not in k} for r in rows] == \
+           [{k: v for k, v in r.items() if "time" not in k} for r in ref_rows]
+
+
+# ----------------------------------------------------------------------------- the tables on bad records
+def test_tables_report_a_bad_record_and_carry_on(finished, copy_of, capsys):
+    store = copy_of(finished)
+    folder = folder_of(store, "kd")
+    rec = json.loads((folder / "result.json").read_text())
+    (folder / "result.json").write_text(json.dumps({**rec, "last_top1": "n/a"}))
+    assert launch(store, "task=tables", "tables.metric=last", f"results_dir={store.parent / 'res'}") == 0
+    out = capsys.readouterr()
+    assert "has malformed last_top1" in out.out + out.err
+    assert "resnet8" in out.out  # the teacher's (ce) row is still there
+
+
+# ----------------------------------------------------------------------------- the disk and permissions
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real file system of 800 KiB (tmpfs), for a real ENOSPC; needs root and mount rights."""
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=800k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a full disk is simulated with a small tmpfs, which needs root and mount rights")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_is_one_line_naming_the_file(finished, small_disk, capsys):
+    teacher = folder_of(finished, "ce")
+    store = small_disk / "runs"
+    dest = store / teacher.relative_to(finished)
+    dest.mkdir(parents=True)
+    for name in ("result.json", "model.pt", "config.json"):  # what a student needs of its teacher (≈ 340 KB)
+        shutil.copy(teacher / name, dest / name)
+    assert launch(store, *KD) == 2  # the student's first last.pt (≈ 660 KB) does not fit
+    line = one_error_line(capsys)
+    assert "disk is full" in line and str(folder_of(store, "kd") / "last.pt") in line
+    assert numbers(dest) == numbers(teacher)
+    assert not list(folder_of(store, "kd").glob(".*.tmp"))  # the failed write cleaned up after itself
+
+
+def test_an_uncreatable_store_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert launch(blocker / "runs", *CE) == 2
+    line = one_error_line(capsys)
+    assert str(blocker) in line and "not a folder" in line
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):
+    """Make a copy of a store read-only for real: a read-only bind mount as root (root ignores file modes),
+    file modes otherwise."""
+    mounted: list[Path] = []
+
+    def make(src: Path) -> Path:
+        dest = tmp_path / "ro" / "runs"
+        shutil.copytree(src, dest)
+        if os.geteuid() == 0:
+            for cmd in (["mount", "--bind", str(dest), str(dest)], ["mount", "-o", "remount,ro,bind", str(dest)]):
+                if subprocess.run(cmd, capture_output=True).returncode != 0:
+                    pytest.skip("a read-only store needs a read-only bind mount as root, and mount is not permitted")
+                mounted.append(dest)
+        else:
+            for p in [dest, *dest.rglob("*")]:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+        return dest
+
+    yield make
+    for path in mounted[:1]:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+    for p in [tmp_path, *tmp_path.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_a_finished_run_in_a_read_only_store_is_used_and_new_work_is_one_line(finished, read_only, tmp_path, capsys):
+    store = read_only(finished)
+    hydra_dir = f"hydra.run.dir={tmp_path / 'hydra'}"
+    assert launch(store, *KD, hydra_dir) == 0
+    assert launch(store, *BASE, "method=at", hydra_dir) == 2
+    line = one_error_line(capsys)
+    assert str(store) in line and ("read-only" in line or "permission denied" in line)
+
+
+# ----------------------------------------------------------------------------- killed during a checkpoint write
+BLOCKING_WRITE = """
+import os, sys, time
+real_fsync = os.fsync
+marker = sys.argv[1]
+writes = 0
+def fsync(fd):
+    global writes
+    if ".last.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+        writes += 1
+        if writes == 2:  # the second epoch's checkpoint: a good last.pt exists, its replacement is half written
+            open(marker, "w").close()
+            time.sleep(600)
+    return real_fsync(fd)
+os.fsync = fsync
+from oracle_kd.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_killed_during_a_checkpoint_write_leaves_no_temp_file_after_relaunch(finished, tmp_path):
+    store, marker = tmp_path / "runs", tmp_path / "blocked"
+    shutil.copytree(folder_of(finished, "ce").parents[3], store, dirs_exist_ok=True)  # the teacher only
+    shutil.rmtree(store / "digits" / "kd", ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = tmp_path / "blocking_write.py"
+    driver.write_text(BLOCKING_WRITE)
+    proc = subprocess.Popen([sys.executable, str(driver), str(marker), f"store={store}", *KD,
+                             f"hydra.run.dir={tmp_path / 'h'}"], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "too slow"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    folder = folder_of(store, "kd")
+    assert list(folder.glob(".last.pt.*.tmp")), "the kill should leave the half-written temp file"
+    assert launch(store, *KD) == 0
+    assert not list(folder.glob(".*.tmp"))
+    reference = finished / folder.relative_to(store)
+    assert numbers(folder) == numbers(reference)
+    assert_same_model(folder / "model.pt", reference / "model.pt")
+
+
+# ----------------------------------------------------------------------------- smaller promises
+def test_plan_does_not_promise_a_resume_without_last_pt(stopped, copy_of, capsys):
+    store = copy_of(stopped)
+    assert main([f"store={store}", *KD, "task=plan"]) == 0
+    assert "resumable after epoch 1" in capsys.readouterr().out
+    (folder_of(store, "kd") / "last.pt").unlink()
+    assert main([f"store={store}", *KD, "task=plan"]) == 0
+    out = capsys.readouterr().out
+    assert "resumable" not in out.split("[teacher")[0] and "new" in out
+
+
+def test_relaunching_with_the_same_stop_after_epoch_trains_nothing(stopped, copy_of):
+    store = copy_of(stopped)
+    folder = folder_of(store, "kd")
+    before = (folder / "last.pt").read_bytes()
+    assert launch(store, *KD, "stop_after_epoch=1") == 0
+    assert (folder / "last.pt").read_bytes() == before
+    assert (folder / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_only_the_process_that_trains_a_teacher_announces_it(tmp_path, capfd):
+    store = tmp_path / "runs"
+    assert launch(store, *KD) == 0
+    assert capfd.readouterr().out.count("training it first") == 1
+    assert launch(store, *BASE, "method=at") == 0  # the teacher is in the store now
+    assert "training it first" not in capfd.readouterr().out
+
+
+def test_a_hostile_teacher_checkpoint_is_one_plain_line(tmp_path, capsys):
+    path = tmp_path / "hostile.pt"
+    _hostile_checkpoint(path)
+    assert launch(tmp_path / "runs", *KD, f"teacher.checkpoint={path}") == 2
+    line = one_error_line(capsys)
+    assert "Unsupported global: shutil.rmtree" in line and "\x1b" not in line and str(path) in line
