@@ -15,9 +15,11 @@ import torch
 class Features:
     """Intermediate activations of one forward pass.
 
-    stages: post-activation output of the stem, then of each stage (CIFAR ResNet: 4 tensors).
-    blocks: output of every residual block, in order (used by SAD).
-    pooled: globally average-pooled last feature map, shape (B, C), the fc layer's input.
+    stages: output of the stem, then of each stage, at the points mdistiller returns as `feats` (CIFAR ResNet:
+        4 tensors after ReLU; WRN's are pre-activation sums; ARCHITECTURE.md has each family's).
+    blocks: output of every block, in order (used by SAD); the last is the last stage's output.
+    pooled: (B, C), the classifier's input: the global average of the last map the classifier sees (the last
+        stage, or a final BN-ReLU / 1x1 head applied to it).
     """
 
     stages: list[torch.Tensor] = field(default_factory=list)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from torch import nn
 
 from oracle_kd.core.losses import attention_map, pool_to
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
 from oracle_kd.methods.registry import register_method
 
 
@@ -55,6 +56,16 @@ class AT(Distiller):
     """Feature distillation on the attention maps of the stage outputs (`Features.stages[1:]`)."""
 
     cfg: ATConfig
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: ATConfig,
+                 input_shape: tuple[int, ...] | None = None) -> None:
+        super().__init__(student, teacher, cfg, input_shape)
+        if input_shape is not None and teacher is not None:  # a pair AT cannot match is a config error, up front
+            with torch.random.fork_rng(devices=[]):  # the probe must not move the run's RNG stream
+                n_t = len(probe_features(teacher, input_shape)[1].stages) - 1
+                n_s = len(probe_features(student, input_shape)[1].stages) - 1
+            require(n_t == n_s and n_t > 0, "method", "at", f"pairs stage outputs one to one, but the teacher has "
+                    f"{n_t} stages and the student {n_s}; pick models with as many stages")
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -2,7 +2,12 @@
 
 from oracle_kd.core.features import Features
 from oracle_kd.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers models)
+from oracle_kd.models import mobilenetv2 as _mobilenetv2  # noqa: F401  (registers models)
 from oracle_kd.models import resnet as _resnet  # noqa: F401  (registers models)
+from oracle_kd.models import resnet_c as _resnet_c  # noqa: F401  (registers models)
+from oracle_kd.models import shufflenet as _shufflenet  # noqa: F401  (registers models)
+from oracle_kd.models import vgg as _vgg  # noqa: F401  (registers models)
+from oracle_kd.models import wrn as _wrn  # noqa: F401  (registers models)
 from oracle_kd.models.registry import available_models, build_model, model_options, register_model
 
 __all__ = ["Features", "available_models", "build_model", "model_options", "register_model"]

@@ -23,20 +23,27 @@ SHAPE = (3, 16, 16)
 CLASSES = 7
 
 
+POOLED_AFTER_A_HEAD = ("wrn", "mobilenetv2", "shufflenetv2")  # a final BN-ReLU or 1x1 conv head before pooling
+
+
 @pytest.mark.parametrize("arch", available_models())
-def test_every_model_returns_logits_and_features(arch: str) -> None:
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 8, 8)], ids=["rgb32", "digits8"])
+def test_every_model_returns_logits_and_features(arch: str, shape: tuple[int, int, int]) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, CLASSES, SHAPE[0], image_size=SHAPE[1]).eval()
-    x = torch.randn(2, *SHAPE)
-    with torch.no_grad():
-        logits, feats = model(x)
-    assert isinstance(feats, Features)
-    assert logits.shape == (2, CLASSES)
-    assert len(feats.stages) >= 2 and len(feats.blocks) >= len(feats.stages) - 1
+    model = build_model(arch, CLASSES, shape[0], image_size=shape[1])
+    logits, feats = model(torch.randn(2, *shape))
+    assert isinstance(feats, Features) and model.num_classes == CLASSES
+    assert logits.shape == (2, CLASSES) and torch.isfinite(logits).all()
+    assert len(feats.stages) >= 4 and len(feats.blocks) >= len(feats.stages) - 1
     assert all(f.dim() == 4 and f.shape[0] == 2 for f in [*feats.stages, *feats.blocks])
     assert feats.blocks[-1] is feats.stages[-1]  # the last stage ends with its last block
-    assert torch.equal(feats.pooled, feats.stages[-1].mean(dim=(2, 3)))  # the fc input is the pooled last map
-    torch.testing.assert_close(model.fc(feats.pooled), logits)
+    assert feats.pooled.dim() == 2 and feats.pooled.shape[0] == 2  # the classifier's input
+    if not arch.startswith(POOLED_AFTER_A_HEAD):
+        torch.testing.assert_close(feats.pooled, feats.stages[-1].mean(dim=(2, 3)))
+    snapshot = [t.detach().clone() for t in feats.stages + feats.blocks]
+    (logits.sum() + sum(t.mean() for t in feats.stages[1:])).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, feats.stages + feats.blocks))  # nothing changed in place
 
 
 def _pair(name: str) -> tuple:

@@ -8,7 +8,7 @@ from torch import nn
 
 from oracle_kd.core.reinforce import reinforce
 from oracle_kd.methods import build_distiller, method_entry
-from oracle_kd.models import build_model
+from oracle_kd.models import available_models, build_model
 from oracle_kd.models.fold import fold_batchnorm
 
 
@@ -41,6 +41,23 @@ def test_folded_model_computes_the_same_logits_and_features(arch, size):
     for a, b in zip(feats.stages, ref_feats.stages):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert all(not p.requires_grad for n, p in model.named_parameters() if "conv" in n or "downsample" in n)
+
+
+@pytest.mark.parametrize("arch", available_models())
+def test_every_model_folds_to_the_same_function(arch):
+    """Every BN that normalises a conv's output is folded, and only those: a pre-activation family (WRN) folds
+    nothing by name, since its bn1 comes before conv1. float64, so only the fold's own error could show."""
+    model = _trained_like(arch).double()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        ref_logits, ref_feats = model(x)
+    assert fold_batchnorm(model) == (0 if arch.startswith("wrn") else n_bn)
+    with torch.no_grad():
+        logits, feats = model(x)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-10, atol=1e-8)
+    for a, b in zip(feats.stages + [feats.pooled], ref_feats.stages + [ref_feats.pooled]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-8)
 
 
 def test_step_a_and_the_oracle_losses_are_unchanged_by_folding():
