@@ -22,7 +22,7 @@ from oracle_kd.errors import OracleKDError, StoreError, os_error_line
 from oracle_kd.tasks import task_entry
 
 log = logging.getLogger("oracle_kd")
-GROUPS = ("dataset", "teacher", "student", "method", "train", "hardware")
+GROUPS = ("dataset", "teacher", "student", "method", "train", "hardware", "pair")
 
 
 def task_main(cfg: DictConfig) -> Any:

@@ -267,7 +267,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(f"method {cfg.method.name!r}: {' '.join(str(exc).split())}") from None
     check_finite(method, "method")
     method.validate()
-    method = method.for_teacher(cfg.teacher.arch)
+    method = method.for_pair(cfg.teacher.arch, cfg.student.arch)
 
     rc = RunConfig(
         dataset=OmegaConf.to_object(cfg.dataset), teacher=OmegaConf.to_object(cfg.teacher),

@@ -44,6 +44,11 @@ class MethodConfig:
         weight = self.ce_weight_by_teacher.get(arch, self.ce_weight)
         return dataclasses.replace(self, ce_weight=weight, ce_weight_by_teacher=None)
 
+    def for_pair(self, teacher: str, student: str) -> "MethodConfig":
+        """This config with every per-teacher or per-pair table resolved for one run (a method with a
+        per-pair option overrides this); what remains is what the run's identity hashes."""
+        return self.for_teacher(teacher)
+
 
 
 def freeze(model: nn.Module) -> nn.Module:

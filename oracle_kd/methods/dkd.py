@@ -14,7 +14,9 @@ Both terms are Hinton's τ²·KL on a different set of logits, so both reuse `kd
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -38,11 +40,23 @@ class DKDConfig(KDConfig):
     beta: float = 8.0
     temperature: float = 4.0
     warmup: int = 20
+    # "teacher-student" -> beta (mdistiller's per-pair configs); resolved by for_pair, so not part of a run's identity
+    beta_by_pair: Optional[dict[str, float]] = dataclasses.field(default=None, metadata={"identity": False})
 
     def validate(self) -> None:
         super().validate()
         require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
         require(self.warmup >= 0, "method.warmup", self.warmup, "must be >= 0 (0 = no warm-up)")
+        for pair, beta in (self.beta_by_pair or {}).items():
+            require(beta >= 0, f"method.beta_by_pair.{pair}", beta, "must be >= 0")
+
+    def for_pair(self, teacher: str, student: str) -> "DKDConfig":
+        """β for this pair from `beta_by_pair` (else `beta`), then the table is dropped: a run's identity is
+        the same as with that β given directly."""
+        cfg = super().for_pair(teacher, student)
+        if not cfg.beta_by_pair:
+            return cfg
+        return dataclasses.replace(cfg, beta=cfg.beta_by_pair.get(f"{teacher}-{student}", cfg.beta), beta_by_pair=None)
 
 
 def _non_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

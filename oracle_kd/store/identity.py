@@ -44,10 +44,18 @@ def semantic_config(rc: RunConfig, teacher_identity: dict[str, Any] | None) -> d
         "dataset": dataset,
         "student": rc.student.arch if rc.student.stem == "auto" else dataclasses.asdict(rc.student),
         "teacher": teacher_identity,
-        "method": dataclasses.asdict(rc.method),
+        "method": method_identity(rc.method),
         "train": dataclasses.asdict(rc.train),
         "seed": rc.seed,
     }
+
+
+def method_identity(method: Any) -> dict[str, Any]:
+    """The method's options as the run_id hashes them: every field except the per-pair tables added after runs
+    were already stored (`metadata={"identity": False}`); they are resolved into plain options before a run,
+    so leaving them out keeps every existing run_id."""
+    values = dataclasses.asdict(method)
+    return {f.name: values[f.name] for f in dataclasses.fields(method) if f.metadata.get("identity", True)}
 
 
 def run_id(semantic: dict[str, Any]) -> str:

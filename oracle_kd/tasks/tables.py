@@ -30,8 +30,10 @@ log = logging.getLogger("oracle_kd")
 METRICS = ("best", "last")
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 ARCH_ORDER = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
-              "resnet32x4", "resnet18", "resnet34", "resnet50", "resnet101"]
-METHOD_ORDER = ["teacher", "ce", "dkd", "at", "fitnet", "kd", "sad", "oracle"]
+              "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
+              "resnet18c", "resnet50c", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet18", "resnet34",
+              "resnet50", "resnet101"]
+METHOD_ORDER = ["teacher", "student", "ce", "dkd", "at", "fitnet", "kd", "sad", "oracle"]
 LARGE_DATASETS = ("tiny_imagenet", "imagenet")
 
 
@@ -257,6 +259,32 @@ def table5(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return _order(_with_paper(stats, _paper("table5"), ["dataset", "teacher", "student", "method"]))
 
 
+def crd_benchmark(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The standard CIFAR-100 KD benchmark: its teacher-student pairs (those of results/paper/crd_benchmark.csv) on
+    any dataset (the paper column only on CIFAR-100), every distillation method, plus per pair the teacher row and
+    the plainly trained (ce) student row."""
+    paper = _paper("crd_benchmark")
+    if paper is None:
+        return pd.DataFrame()
+    pairs = paper[["teacher", "student"]].drop_duplicates()
+    kd = df[df["method"] != "ce"].merge(pairs, on=["teacher", "student"])
+    if kd.empty:
+        return pd.DataFrame()
+    keys = ["recipe", "dataset", "teacher", "student"]
+    stats = _best_variant(_agg(kd, [*keys, "method", "variant"], metric), [*keys, "method"])
+    cells = kd[keys].drop_duplicates()
+    extra = []
+    teachers = _teacher_rows(df, kd, metric)
+    if not teachers.empty:
+        extra.append(teachers.rename(columns={"arch": "teacher"}).merge(cells, on=["dataset", "teacher", "recipe"]))
+    ce = df[df["method"] == "ce"]
+    if not ce.empty:
+        students = _agg(ce, ["recipe", "dataset", "student"], metric).assign(method="student", variant="")
+        extra.append(students.merge(cells, on=["recipe", "dataset", "student"]))
+    stats = pd.concat([*extra, stats], ignore_index=True)
+    return _order(_with_paper(stats, paper, ["dataset", "teacher", "student", "method"]))
+
+
 # ----------------------------------------------------------------------------- writing
 def _metric_label(metric: str) -> str:
     return f"{metric}-epoch test top-1 (%)"
@@ -382,7 +410,8 @@ def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: s
                 "table4": (wide_table4(t4), f"Table 4 (teacher = student) — {label}"),
                 "fig5_pairs": (fig5_pairs(df, metric), f"Figure 5: teacher-student pairs — {label}"),
                 "gamma_grid": (gamma_grid(df, metric), f"Oracle γ grid — {label}"),
-                "table5": (table5(df, metric), f"Table 5: Tiny-ImageNet / ImageNet — {label}")}
+                "table5": (table5(df, metric), f"Table 5: Tiny-ImageNet / ImageNet — {label}"),
+                "crd_benchmark": (crd_benchmark(df, metric), f"The CIFAR-100 KD benchmark (CRD/mdistiller pairs) — {label}")}
     for name, (table, title) in builders.items():
         if table.empty:
             continue

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import oracle_kd.engine.trainer as trainer_module
-from oracle_kd.cli import main
+from oracle_kd.cli import compose, main
 from oracle_kd.store import record
 from oracle_kd.store.io import read_metrics, run_lock
 from oracle_kd.tasks.tables import build_tables, read_results
@@ -197,3 +197,28 @@ def test_table5_preset_runs_to_the_aggregator_on_tiny_trees(tmp_path):
     assert list(t5["method"]) == ["teacher", "kd", "oracle"]
     assert set(t5["dataset"]) == {"tiny_imagenet"} and set(t5["n_seeds"]) == {1}
     assert t5.set_index("method").loc["oracle", "paper_top1"] == 66.25
+
+
+def test_crd_benchmark_plans_its_pairs_and_methods_and_its_table_reads_them(tmp_path, capsys):
+    """Two of the benchmark's pairs on digits (a cross-family one with its light-student lr): the plan names
+    every pair x method, DKD gets mdistiller's per-pair β, and the table has teacher, student and method rows."""
+    sweep = ["-m", *SWEEP, "crd_benchmark", f"store={tmp_path / 'runs'}",
+             "pair=vgg13_vgg8,res32x4_shuv1"]
+    assert main([*sweep, "task=plan"]) == 0
+    plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: ")]
+    assert len(plan) == 14
+    for pair in ("vgg13->vgg8", "resnet32x4->shufflenetv1"):
+        assert {line.split()[4] for line in plan if pair in line} == {"kd", "dkd", "at", "fitnet", "sad", "oracle"}
+    assert compose(["+pair=vgg13_vgg8", "method=dkd_crd"]).method.beta == 6.0  # mdistiller's per-pair β
+    assert compose(["+pair=res56_res20", "method=dkd_crd"]).method.beta == 2.0
+    tiny = ["dataset=digits", "train=quick", "train.epochs=1", "train.milestones=[1]", "teacher.train=same",
+            "progress=false", "hardware=cpu", "method=ce,dkd_crd", "pair=res32x4_shuv1"]
+    assert main([*sweep[:-1], *tiny]) == 0
+    (dkd,) = [r for r in map(json.loads, map(Path.read_text, (tmp_path / "runs").rglob("result.json")))
+              if r["method"] == "dkd"]
+    assert dkd["semantic"]["method"]["beta"] == 8.0 and dkd["semantic"]["train"]["lr"] == 0.01  # light student
+    assert main([f"store={tmp_path / 'runs'}", f"results_dir={tmp_path / 'res'}", "task=tables"]) == 0
+    table = pd.read_csv(tmp_path / "res" / "crd_benchmark.csv")
+    assert set(zip(table["teacher"], table["student"])) == {("resnet32x4", "shufflenetv1")}
+    assert set(table["method"]) == {"teacher", "student", "dkd"}
+    assert table["paper_top1"].isna().all()  # digits: the published numbers are CIFAR-100's
