@@ -102,6 +102,18 @@ def test_both_loops_run_every_method(tmp_path):
         parts.our_step(rc, cfg, "resnet8", "resnet8", 100, device)(our_x, our_y)
 
 
+@pytest.mark.parametrize("teacher,student", [("vgg13", "mobilenetv2"), ("wrn_40_2", "shufflenetv1")])
+def test_both_loops_take_the_model_zoo(tmp_path, teacher, student):
+    rc = run_config(tmp_path)
+    device = torch.device("cpu")
+    bundle, _ = parts.bench_data(rc)
+    x, y = next(parts.our_batches(bundle, rc, device))
+    for method in ("kd", "oracle"):
+        cfg = parts.method_config(rc, method, teacher)
+        reference.reference_step(rc, cfg, teacher, student, 100, device)(x.clone(), y)
+        parts.our_step(rc, cfg, teacher, student, 100, device)(x, y)
+
+
 def test_reference_dataset_reads_the_same_pixels(tmp_path):
     """HWC numpy -> PIL -> ToTensor -> Normalize gives the CHW image our loader normalises."""
     from torchvision import transforms

@@ -212,7 +212,7 @@ def test_crd_benchmark_plans_its_pairs_and_methods_and_its_table_reads_them(tmp_
     assert compose(["+pair=vgg13_vgg8", "method=dkd_crd"]).method.beta == 6.0  # mdistiller's per-pair β
     assert compose(["+pair=res56_res20", "method=dkd_crd"]).method.beta == 2.0
     tiny = ["dataset=digits", "train=quick", "train.epochs=1", "train.milestones=[1]", "teacher.train=same",
-            "progress=false", "hardware=cpu", "method=ce,dkd_crd", "pair=res32x4_shuv1"]
+            "progress=false", "hardware=cpu", "method=ce,dkd_crd", "pair=res32x4_shuv1", "hydra/launcher=cohort"]
     assert main([*sweep[:-1], *tiny]) == 0
     (dkd,) = [r for r in map(json.loads, map(Path.read_text, (tmp_path / "runs").rglob("result.json")))
               if r["method"] == "dkd"]
