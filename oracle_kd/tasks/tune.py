@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -49,7 +50,10 @@ class TuneConfig:
     """An Optuna study of γ maximising the oracle teacher's silhouette score (or, expensive, a short
     distillation's student accuracy); the silhouette objective takes its split, batch size, reduction and
     sample size from `analyze.*`. storage: an Optuna URL (default: SQLite under the store); journal: a
-    JournalFileStorage path for shared filesystems (wins over storage when set)."""
+    JournalFileStorage path for shared filesystems (wins over storage when set). heartbeat_interval /
+    grace_period (seconds, URL storages): a running trial beats every interval; one silent for longer than the
+    grace period (its worker was killed) is marked FAIL when a worker next starts a trial, and retried (up to
+    `retries` times) with the same γ."""
 
     n_trials: int = 20
     gamma_low: float = 0.01
@@ -64,6 +68,9 @@ class TuneConfig:
     study_name: Optional[str] = None
     worker: int = 0
     student_epochs: int = 5
+    heartbeat_interval: int = 60
+    grace_period: Optional[int] = None  # default: twice the interval
+    retries: int = 2
 
     def validate(self) -> None:
         require(self.n_trials >= 1, "tune.n_trials", self.n_trials, "must be >= 1")
@@ -79,6 +86,10 @@ class TuneConfig:
         choice("tune.sampler", self.sampler, SAMPLERS)
         require(self.worker >= 0, "tune.worker", self.worker, "must be >= 0")
         require(self.student_epochs >= 1, "tune.student_epochs", self.student_epochs, "must be >= 1")
+        require(self.heartbeat_interval >= 1, "tune.heartbeat_interval", self.heartbeat_interval, "must be >= 1 (seconds)")
+        require(self.grace_period is None or self.grace_period > self.heartbeat_interval, "tune.grace_period",
+                self.grace_period, f"must exceed tune.heartbeat_interval={self.heartbeat_interval} (or be null)")
+        require(self.retries >= 0, "tune.retries", self.retries, "must be >= 0")
 
 
 # ----------------------------------------------------------------------------- study identity and storage
@@ -110,23 +121,36 @@ def study_name(rc: RunConfig, settings: dict[str, Any]) -> str:
     return f"{rc.dataset.name}-{rc.teacher.arch}-{t.objective}-{what}-{digest}"
 
 
+def storage_url(rc: RunConfig) -> str:
+    """The study's storage as a string (what the summary records): `journal:<path>` or an Optuna URL, by default
+    SQLite at <store>/optuna.db (fine for workers on one machine)."""
+    if rc.tune.journal:
+        return f"journal:{Path(rc.tune.journal).expanduser().resolve()}"
+    if rc.tune.storage:
+        return rc.tune.storage
+    return f"sqlite:///{Path(rc.store).expanduser().resolve() / 'optuna.db'}"
+
+
 def make_storage(rc: RunConfig) -> Any:
-    """`tune.journal` (a JournalFileStorage: file appends, safe on NFS) wins over `tune.storage`; the
-    default is SQLite at <store>/optuna.db (fine for workers on one machine)."""
+    """`tune.journal` (a JournalFileStorage: file appends, safe on NFS) wins over `tune.storage`. A URL storage
+    gets Optuna's heartbeat, so a trial whose worker was killed does not stay RUNNING forever: it is failed
+    once silent past the grace period, and retried with its γ. (Journal storages have no heartbeat.)"""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    if rc.tune.journal:
-        path = Path(rc.tune.journal).expanduser().resolve()
+    url, t = storage_url(rc), rc.tune
+    if url.startswith("journal:"):
+        path = Path(url[len("journal:"):])
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if rc.tune.storage:
-        if rc.tune.storage.startswith("sqlite:///"):  # SQLite cannot create the folder of its file
-            Path(rc.tune.storage[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return rc.tune.storage
-    store = Path(rc.store).expanduser().resolve()
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'optuna.db'}"
+    if url.startswith("sqlite:///"):  # SQLite cannot create the folder of its file
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what a killed worker needs
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=t.retries)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=t.heartbeat_interval,
+                                          grace_period=t.grace_period or 2 * t.heartbeat_interval,
+                                          heartbeat_stale_trial_callback=retry)
 
 
 def sampler_seed(seed: int, worker: int, n_existing: int) -> int:
@@ -297,7 +321,7 @@ def make_objective(rc: RunConfig) -> tuple[Callable[[Any], float], Any, dict[str
     return student_objective(rc, teacher_path), pruner, short_identity(rc)
 
 
-def write_summary(rc: RunConfig, study: Any, name: str, storage: Any, settings: dict[str, Any]) -> dict[str, Any]:
+def write_summary(rc: RunConfig, study: Any, name: str, settings: dict[str, Any]) -> dict[str, Any]:
     """trials.csv, score_vs_gamma.png and best.json under <store>/<dataset>/tune/<study>; prints them."""
     import optuna
 
@@ -311,7 +335,7 @@ def write_summary(rc: RunConfig, study: Any, name: str, storage: Any, settings: 
               else f"student {rc.student.arch} best top-1 (%) after {t.student_epochs} epochs")
     best_pair = (best.params["gamma"], best.value) if best else None
     png = plot_scores(df, best_pair, f"{name}: {len(df)} trials", ylabel, t.log_scale)
-    summary = {"study_name": name, "storage": storage if isinstance(storage, str) else f"journal:{t.journal}",
+    summary = {"study_name": name, "storage": storage_url(rc),
                "n_trials": len(df), "n_complete": int((df["state"] == "COMPLETE").sum()) if not df.empty else 0,
                "best_gamma": best_pair[0] if best_pair else None, "best_value": best_pair[1] if best_pair else None,
                "best_trial": best.number if best else None, "objective": t.objective, "settings": settings,
@@ -345,6 +369,10 @@ def tune(rc: RunConfig) -> dict[str, Any]:
     storage = make_storage(rc)
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
                                 load_if_exists=True)
+    if isinstance(storage, optuna.storages.RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # trials of killed workers: FAIL, and queued again
     n_before = len(study.get_trials(deepcopy=False))
     seed = sampler_seed(rc.seed, t.worker, n_before)
     study.sampler = make_sampler(t.sampler, seed)
@@ -352,4 +380,4 @@ def tune(rc: RunConfig) -> dict[str, Any]:
     log.info("study %s (worker %d, sampler %s seed %d): %d trials so far, running %d more", name, t.worker,
              t.sampler, seed, n_before, t.n_trials)
     study.optimize(objective, n_trials=t.n_trials)
-    return write_summary(rc, study, name, storage, settings)
+    return write_summary(rc, study, name, settings)

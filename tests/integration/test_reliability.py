@@ -416,3 +416,21 @@ def test_a_hostile_teacher_checkpoint_is_one_plain_line(tmp_path, capsys):
     assert launch(tmp_path / "runs", *KD, f"teacher.checkpoint={path}") == 2
     line = one_error_line(capsys)
     assert "Unsupported global: shutil.rmtree" in line and "\x1b" not in line and str(path) in line
+
+
+def test_a_run_that_fails_on_a_data_error_is_listed_as_failed(tmp_path, capsys):
+    from imagefolder_fixtures import write_tiny_imagenet
+
+    tree = write_tiny_imagenet(tmp_path / "data", classes=3, per_class=4, val_per_class=2)
+    Path(tree["train"][3][0]).write_bytes(b"\xff\xd8\xff not a JPEG")  # a file damaged on disk
+    store = tmp_path / "runs"
+    args = [f"store={store}", "dataset=tiny_imagenet", f"dataset.root={tmp_path / 'data'}", "dataset.workers=0",
+            "student=resnet8", "method=ce", "train=quick", "train.epochs=1", "progress=false", "hardware=cpu"]
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    assert "cannot decode image" in line and tree["train"][3][0] in line
+    folder = folder_of(store, "ce")
+    assert "cannot decode image" in json.loads((folder / "failure.json").read_text())["error"]
+    assert main([f"store={store}", "task=tables", f"results_dir={tmp_path / 'res'}"]) == 0
+    out = capsys.readouterr()
+    assert f"{folder}: failed: cannot decode image" in out.out + out.err

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -84,3 +85,40 @@ def test_bad_tune_settings_are_one_line_errors(store, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == "error: tune.gamma_low=0.0 must be > 0 with tune.log_scale=true"
     assert err[1].startswith("error: tune.labels=coarse but dataset 'digits' has no coarse labels")
+
+
+BLOCKING_TRIAL = """
+import sys, time
+marker = sys.argv[1]
+import oracle_kd.tasks.tune as tune
+real = tune.teacher_metrics
+def blocked(*args, **kwargs):  # the first trial never ends: the worker is killed inside it
+    open(marker, "w").close()
+    time.sleep(600)
+tune.teacher_metrics = blocked
+from oracle_kd.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_not_left_running(store, tmp_path):
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [f"store={store}", *BASE, "task=tune", "tune.n_trials=1", f"tune.storage={db}",
+            "tune.heartbeat_interval=1", "tune.grace_period=2"]
+    driver, marker = tmp_path / "blocking_trial.py", tmp_path / "in_trial"
+    driver.write_text(BLOCKING_TRIAL)
+    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *args, f"hydra.run.dir={tmp_path / 'h'}"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "too slow"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    (killed,) = only_study(db).trials
+    assert killed.state == optuna.trial.TrialState.RUNNING  # what a kill -9 leaves behind
+    time.sleep(2.5)  # past the grace period
+    assert main(args) == 0
+    trials = sorted(only_study(db).trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params["gamma"] == killed.params["gamma"]  # retried with its γ
