@@ -11,6 +11,7 @@ that names the key and the allowed values.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass, field
@@ -29,11 +30,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 STEMS = ("auto", "imagenet", "cifar")
+LOGGERS = ("none", "tensorboard")  # per-epoch curves of each run: <run folder>/tb/ (engine/curves.py)
 
 
 @dataclass
 class DatasetConfig:
-    """Which data and the train-time augmentation. `root` is where on-disk datasets live (not identity)."""
+    """Which data and the train-time augmentation. `root` is where on-disk datasets live (not identity);
+    `download` fetches, verifies and extracts CIFAR-10/100 or Tiny-ImageNet into it when missing (not identity)."""
 
     name: str = "digits"
     root: str = "data"
@@ -41,6 +44,7 @@ class DatasetConfig:
     flip: bool = True
     test_fraction: float = 0.25  # digits only: the fixed held-out share
     workers: int = 4  # folder datasets (Tiny-ImageNet, ImageNet): DataLoader worker processes
+    download: bool = False
 
 
 @dataclass
@@ -110,6 +114,7 @@ class BaseConfig:
     results_dir: str = "results"
     progress: bool = True
     stop_after_epoch: Optional[int] = None
+    logger: str = "none"  # none | tensorboard: each run's curves and hparams in <run folder>/tb/
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -134,6 +139,7 @@ class RunConfig:
     results_dir: str = "results"
     progress: bool = True
     stop_after_epoch: Optional[int] = None
+    logger: str = "none"
     task: str = "train"
     sections: dict[str, Any] = field(default_factory=dict)
 
@@ -273,7 +279,7 @@ def validate(cfg: DictConfig) -> RunConfig:
         dataset=OmegaConf.to_object(cfg.dataset), teacher=OmegaConf.to_object(cfg.teacher),
         student=OmegaConf.to_object(cfg.student), method=method, train=OmegaConf.to_object(cfg.train),
         hardware=OmegaConf.to_object(cfg.hardware), seed=cfg.seed, store=cfg.store, results_dir=cfg.results_dir,
-        progress=cfg.progress, stop_after_epoch=cfg.stop_after_epoch, task=cfg.task,
+        progress=cfg.progress, stop_after_epoch=cfg.stop_after_epoch, logger=cfg.logger, task=cfg.task,
         sections={name: OmegaConf.to_object(cfg[name]) for name in _SECTIONS},
     )
     for name in ("dataset", "teacher", "student", "train", "hardware"):
@@ -293,6 +299,9 @@ def validate(cfg: DictConfig) -> RunConfig:
     if rc.teacher.train != "same":
         load_train_preset(rc.teacher.train)
     validate_train(rc.train)
+    choice("logger", rc.logger, LOGGERS)
+    require(rc.logger != "tensorboard" or importlib.util.find_spec("tensorboard") is not None, "logger", rc.logger,
+            "needs the tensorboard package: pip install oracle-kd[tensorboard]")
     choice("hardware.device", rc.hardware.device, DEVICES)
     choice("hardware.precision", rc.hardware.precision, PRECISIONS)
     require(rc.hardware.threads is None or rc.hardware.threads >= 1, "hardware.threads", rc.hardware.threads,

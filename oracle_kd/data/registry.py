@@ -7,6 +7,7 @@ from typing import Callable
 
 from oracle_kd.data.cifar import load_cifar10, load_cifar100
 from oracle_kd.data.digits import load_digits_bundle
+from oracle_kd.data.download import ensure_dataset
 from oracle_kd.data.imagefolder import load_imagenet, load_tiny_imagenet
 from oracle_kd.data.types import DataBundle
 from oracle_kd.errors import ConfigError
@@ -26,11 +27,15 @@ def available_datasets() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_dataset(name: str, root: str | Path, *, seed: int = 0, test_fraction: float = 0.25) -> DataBundle:
+def load_dataset(name: str, root: str | Path, *, seed: int = 0, test_fraction: float = 0.25,
+                 download: bool = False) -> DataBundle:
     """Load a dataset's train/test splits: CPU uint8 tensors (kind "memory") or file lists (kind "folder").
+    `download=True` first fetches, verifies and extracts it into `root` if it is not there (`data/download.py`).
 
     Raises ConfigError for an unknown name, DatasetError (one line) for missing/malformed/unsafe files.
     """
     if name not in _LOADERS:
         raise ConfigError(f"dataset.name={name!r}: unknown; choose one of: {', '.join(available_datasets())}")
+    if download:
+        ensure_dataset(name, root)
     return _LOADERS[name](root, seed=seed, test_fraction=test_fraction)

@@ -19,8 +19,9 @@ from oracle_kd.store.identity import content_hash
 
 
 def stream_key(rc: RunConfig) -> str:
-    """What fixes the batches a run sees (and the device they are on)."""
-    return content_hash({"dataset": dataclasses.asdict(rc.dataset), "seed": rc.seed, "batch_size": rc.train.batch_size,
+    """What fixes the batches a run sees (and the device they are on); `dataset.download` does not."""
+    dataset = {k: v for k, v in dataclasses.asdict(rc.dataset).items() if k != "download"}
+    return content_hash({"dataset": dataset, "seed": rc.seed, "batch_size": rc.train.batch_size,
                          "drop_last": rc.train.drop_last, "hardware": dataclasses.asdict(rc.hardware),
                          "store": rc.store})
 

@@ -64,7 +64,8 @@ def setup_oracle(rc: RunConfig, split_name: str, batch_size: int) -> OracleSetup
     """Load the data and the (frozen, eval-mode) teacher, training an auto teacher first if missing."""
     identity = short_identity(rc)
     device = apply_hardware(rc.hardware)
-    data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction)
+    data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction,
+                        download=rc.dataset.download)
     if data.kind != "memory":
         raise ConfigError(f"task=analyze reads in-memory datasets (digits, cifar10, cifar100); "
                           f"{rc.dataset.name} is not supported yet")

@@ -27,6 +27,7 @@ from oracle_kd.core.teacher_view import TeacherInput, TeacherOut, teacher_output
 from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, load_dataset
 from oracle_kd.engine import distributed
 from oracle_kd.engine.cohort import check_cohort
+from oracle_kd.engine.curves import Curves, open_curves
 from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
@@ -86,7 +87,8 @@ class Stream:
     @classmethod
     def open(cls, rc: RunConfig, env: distributed.DistEnv, device_name: str) -> "Stream":
         device = apply_hardware(rc.hardware, device_name)
-        data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction)
+        data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction,
+                            download=rc.dataset.download)
         stream = cls(env, device, autocast(device, rc.hardware.precision), data)
         if needs_teacher(rc):
             stream.teacher, stream.teacher_info = obtain_teacher(rc, data, device)
@@ -195,6 +197,7 @@ class Member:
     last_eval: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
     failed: str | None = None
+    curves: Curves = field(default_factory=Curves)  # logger=tensorboard: <folder>/tb/, opened by resume
 
     @classmethod
     def build(cls, job: Job, stream: Stream) -> "Member":
@@ -278,6 +281,7 @@ class Member:
         if stop is not None and stop <= self.state.epoch < epochs:  # relaunched with the same stop: stop at once
             self.stopped = True
             log.info("run %s is already past stop_after_epoch=%d (epoch %d): not training", rid, stop, self.state.epoch)
+        self.curves = open_curves(self.rc.logger, folder, self.rows, self.job.semantic, main=self.main)
         return True
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: float, stream: Stream,
@@ -300,6 +304,7 @@ class Member:
             append_metrics(self.job.folder / record.METRICS, row)
             save_checkpoint(self.job.folder / record.CHECKPOINT, self.distiller, self.optimizer, self.state, row["lr"],
                             self.rows)
+            self.curves.log(row)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -376,6 +381,8 @@ class Trainer:
         m.state.cohort_time_s += cohort_time
         m.state.train_images += meter.seen
         m.state.record_eval(epoch, m.last_eval["top1"], m.last_eval["top5"])
+        if m.state.best_epoch == epoch and m.main:  # before last.pt: a resume redoes this epoch, best.pt with it
+            atomic_torch_save(m.job.folder / record.BEST, m.distiller.student.state_dict())
         m.state.epoch = epoch
         m.state.wall_time_s += train_time + time.perf_counter() - start
         row = {"epoch": epoch, "lr": lr_at(m.rc.train, epoch), **train_metrics, "test_top1": m.last_eval["top1"],
@@ -389,6 +396,7 @@ class Trainer:
 
     def finish(self, m: Member) -> dict[str, Any]:
         """model.pt, then result.json (written last: its presence means finished)."""
+        m.curves.close()
         if m.stopped or m.failed is not None:
             if m.failed and m.main:
                 write_failure(m.job, m.failed)

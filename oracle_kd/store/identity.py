@@ -38,6 +38,7 @@ def semantic_config(rc: RunConfig, teacher_identity: dict[str, Any] | None) -> d
     dataset = dataclasses.asdict(rc.dataset)
     dataset.pop("root")
     dataset.pop("workers")
+    dataset.pop("download")
     if dataset["name"] != "digits":
         dataset.pop("test_fraction")
     return {

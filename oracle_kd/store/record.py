@@ -2,8 +2,9 @@
 
 Layout of a run folder: config.json (semantic + full config), metrics.jsonl (one row per epoch),
 last.pt (everything needed to resume, including a copy of the metrics rows), model.pt (final student
-weights) and, written last, result.json — its presence is what "finished" means. A run that stopped on an
-error holds failure.json instead (removed when a later launch takes the run up again).
+weights), best.pt (the student at its best test epoch) and, written last, result.json — its presence is
+what "finished" means. A run that stopped on an error holds failure.json instead (removed when a later
+launch takes the run up again).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ RESULT = "result.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "last.pt"
 MODEL = "model.pt"
+BEST = "best.pt"  # the student at its best test epoch (the number the paper reports), beside the final model.pt
 CONFIG = "config.json"
 FAILURE = "failure.json"
 CORRUPT_SUFFIX = ".corrupt"  # a damaged file the tool replaced is kept beside it under this suffix

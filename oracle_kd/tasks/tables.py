@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from oracle_kd.config import RunConfig
+from oracle_kd.core.stats import ci95_half_width, welch_p
 from oracle_kd.errors import choice, reason
 from oracle_kd.store import record
 from oracle_kd.store.analysis import collect_analysis
@@ -144,6 +145,35 @@ def _agg(df: pd.DataFrame, keys: list[str], metric: str) -> pd.DataFrame:
     return out
 
 
+REFERENCE_ROWS = ("teacher", "student")  # a table's reference accuracies, not methods competing in the cell
+
+
+def significance(stats: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
+    """Per row: `ci95`, the half-width of the 95 % confidence interval of its mean over seeds; against the best
+    method of its cell (the best itself: against the runner-up) `vs_best`, the difference of means, and
+    `p_vs_best`, Welch's two-sided p; `verdict`: best, not sig. worse (p >= 0.05), worse (p < 0.05), or
+    n=1, no test. Teacher and plain-student rows get an interval but take no part in the comparison."""
+    out = stats.copy()
+    out["ci95"] = [ci95_half_width(s, int(n)) for s, n in zip(out["std"], out["n_seeds"])]
+    out["vs_best"], out["p_vs_best"], out["verdict"] = float("nan"), float("nan"), ""
+    competing = out[~out["method"].isin(REFERENCE_ROWS)]
+    for _, g in competing.groupby(cell, sort=False, dropna=False):
+        ranked = list(g.sort_values("mean", ascending=False, kind="mergesort").index)
+        for i in ranked:
+            ref = ranked[1] if i == ranked[0] and len(ranked) > 1 else ranked[0]
+            if i == ref:  # alone in its cell
+                out.at[i, "verdict"] = "best"
+                continue
+            a, b = out.loc[i], out.loc[ref]
+            p = welch_p(a["mean"], a["std"], int(a["n_seeds"]), b["mean"], b["std"], int(b["n_seeds"]))
+            out.at[i, "vs_best"], out.at[i, "p_vs_best"] = a["mean"] - b["mean"], p
+            if i == ranked[0]:
+                out.at[i, "verdict"] = "best" if p == p else "best (n=1, no test)"
+            else:
+                out.at[i, "verdict"] = "n=1, no test" if p != p else "worse" if p < 0.05 else "not sig. worse"
+    return out
+
+
 def _best_variant(stats: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
     """Where one cell has several method variants (a γ grid, say), keep the one with the highest mean,
     as the paper's released runs did for γ ∈ {0.2, 0.5}; ties go to the first variant in sort order."""
@@ -206,6 +236,7 @@ def table4(df: pd.DataFrame, metric: str) -> pd.DataFrame:
                                metric), ["recipe", "method", "dataset", "arch"])
     teachers = _teacher_rows(df, sd, metric)
     stats = pd.concat([teachers, stats], ignore_index=True) if not teachers.empty else stats
+    stats = significance(stats, ["recipe", "dataset", "arch"])
     return _order(_with_paper(stats, _paper("table4"), ["method", "dataset", "arch"]))
 
 
@@ -231,6 +262,7 @@ def fig5_pairs(df: pd.DataFrame, metric: str) -> pd.DataFrame:
         return pd.DataFrame()
     stats = _best_variant(_agg(kd, ["recipe", "dataset", "teacher", "student", "method", "variant"], metric),
                           ["recipe", "dataset", "teacher", "student", "method"])
+    stats = significance(stats, ["recipe", "dataset", "teacher", "student"])
     return _order(_with_paper(stats, _paper("fig5_pairs"), ["dataset", "teacher", "student", "method"]))
 
 
@@ -256,6 +288,7 @@ def table5(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     if not teachers.empty:
         teachers = teachers.rename(columns={"arch": "teacher"}).assign(student=lambda t: t["teacher"])
         stats = pd.concat([teachers, stats], ignore_index=True)
+    stats = significance(stats, ["recipe", "dataset", "teacher", "student"])
     return _order(_with_paper(stats, _paper("table5"), ["dataset", "teacher", "student", "method"]))
 
 
@@ -281,7 +314,7 @@ def crd_benchmark(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     if not ce.empty:
         students = _agg(ce, ["recipe", "dataset", "student"], metric).assign(method="student", variant="")
         extra.append(students.merge(cells, on=["recipe", "dataset", "student"]))
-    stats = pd.concat([*extra, stats], ignore_index=True)
+    stats = significance(pd.concat([*extra, stats], ignore_index=True), keys)
     return _order(_with_paper(stats, paper, ["dataset", "teacher", "student", "method"]))
 
 
@@ -303,7 +336,12 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
 
     lines = [f"# {title}", "", "| " + " | ".join(map(str, df.columns)) + " |",
              "|" + "|".join("---" for _ in df.columns) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    best = list(df["verdict"].astype(str).str.startswith("best")) if "verdict" in df.columns else [False] * len(df)
+    for row, is_best in zip(df.itertuples(index=False), best):
+        cells = [fmt(v) for v in row]
+        if is_best and "method" in df.columns:  # the cell's best method in bold
+            cells[list(df.columns).index("method")] = f"**{cells[list(df.columns).index('method')]}**"
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from oracle_kd.cli import main
 
 BASE = ["dataset=digits", "teacher=resnet8", "student=resnet8", "train=quick", "train.epochs=3",
@@ -106,3 +108,41 @@ def test_fast_path_switches_run_on_cpu(tmp_path):
     rows = [json.loads(line) for line in (Path(student["folder"]) / "metrics.jsonl").read_text().splitlines()]
     assert all(r["train_loss"] == r["train_loss"] and r["train_loss"] < 100 for r in rows)  # not NaN, not inf
     assert student["config"]["hardware"]["precision"] == "bf16"
+
+
+def test_best_pt_reproduces_the_best_top1(tmp_path):
+    """best.pt is the student of the best epoch: evaluated again, it gives the record's best_top1 exactly."""
+    import torch
+
+    from oracle_kd.cli import compose
+    from oracle_kd.data import build_loader, load_dataset
+    from oracle_kd.engine.step import evaluate
+    from oracle_kd.models import build_model
+
+    store = tmp_path / "runs"
+    recipe = ["method=ce", "train.epochs=4", "train.milestones=[9]", "train.lr=0.5", "hardware.threads=1"]
+    launch(store, *recipe)  # an lr that overshoots: the best epoch (3, measured) is not the last
+    rec = results(store)["ce/none-resnet8"]
+    folder = Path(rec["folder"])
+    assert rec["best_epoch"] < rec["epochs"] and rec["best_top1"] > rec["last_top1"]
+    rc = compose([f"store={store}", *BASE, *recipe])
+    data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction)
+    model = build_model("resnet8", data.num_classes, data.in_channels)
+    model.load_state_dict(torch.load(folder / "best.pt", weights_only=True))
+    loader = build_loader(data, "test", batch_size=rc.train.eval_batch_size, seed=0, device=torch.device("cpu"))
+    assert evaluate(model, loader)["top1"] == rec["best_top1"]
+
+
+def test_tensorboard_curves_continue_across_a_resume_without_duplicates(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store = tmp_path / "runs"
+    launch(store, "method=ce", "logger=tensorboard", "stop_after_epoch=2")
+    launch(store, "method=ce", "logger=tensorboard")
+    rec = results(store)["ce/none-resnet8"]
+    rows = [json.loads(line) for line in (Path(rec["folder"]) / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(Path(rec["folder"]) / "tb"), purge_orphaned_data=False).Reload()
+    assert {"test_top1", "train_loss", "lr"} <= set(events.Tags()["scalars"])
+    points = events.Scalars("test_top1")
+    assert [p.step for p in points] == [1, 2, 3]
+    assert [p.value for p in points] == pytest.approx([r["test_top1"] for r in rows])
