@@ -23,7 +23,7 @@ from oracle_kd.errors import choice, reason
 from oracle_kd.store import record
 from oracle_kd.store.analysis import collect_analysis
 from oracle_kd.store.identity import content_hash
-from oracle_kd.store.io import atomic_write_bytes, read_json
+from oracle_kd.store.io import atomic_write_bytes, figure_png, read_json, read_metrics
 from oracle_kd.tasks.registry import register_task
 
 log = logging.getLogger("oracle_kd")
@@ -129,7 +129,7 @@ def read_results(roots: Iterable[str | Path]) -> tuple[pd.DataFrame, list[Proble
                 problems.append(Problem(str(folder / record.RESULT), f"malformed record ({reason(exc)})"))
                 continue
             seen.add(rec["run_id"])
-            rows.append(row)
+            rows.append({**row, "folder": str(folder)})
     df = pd.DataFrame(rows)
     if not df.empty:
         df = df.sort_values(["dataset", "teacher", "student", "method", "variant", "recipe", "seed", "run_id"],
@@ -394,6 +394,51 @@ def _plot_gamma(grid: pd.DataFrame, path: Path, metric: str) -> None:
     plt.close(fig)
 
 
+def learning_curves(df: pd.DataFrame) -> pd.DataFrame:
+    """Test top-1 per epoch of every finished run (from its metrics.jsonl), keyed like the runs table."""
+    parts = []
+    for run in df.itertuples(index=False):
+        rows = read_metrics(Path(run.folder) / record.METRICS)
+        parts += [{"run_id": run.run_id, "epoch": r["epoch"], "test_top1": r["test_top1"]} for r in rows
+                  if isinstance(r.get("test_top1"), (int, float))]
+    if not parts:
+        return pd.DataFrame()
+    keys = df[["run_id", "dataset", "recipe", "teacher", "student", "method", "seed"]]
+    return pd.DataFrame(parts).merge(keys, on="run_id")
+
+
+def _plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
+    """learning_curves_<dataset>.png: test top-1 vs epoch, a panel per teacher→student pair and recipe, a line
+    per method (mean over seeds) with a ±1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for dataset, d in curves.groupby("dataset", sort=True):
+        panels = sorted(d.groupby(["recipe", "teacher", "student"]).groups)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+        for ax, (recipe, teacher, student) in zip(axes[0], panels):
+            g = d[(d["recipe"] == recipe) & (d["teacher"] == teacher) & (d["student"] == student)]
+            for method in [m for m in METHOD_ORDER if m in set(g["method"])] + sorted(set(g["method"]) - set(METHOD_ORDER)):
+                per_epoch = g[g["method"] == method].groupby("epoch")["test_top1"]
+                mean, std = per_epoch.mean(), per_epoch.std().fillna(0.0)
+                (line,) = ax.plot(mean.index, mean.values, label=f"{method} (n={per_epoch.count().max()})")
+                ax.fill_between(mean.index, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.set_title(f"{teacher}→{student} ({recipe})" if teacher != "-" else f"{student} ({recipe})", fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("test top-1 (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"learning_curves_{dataset}.png"
+        atomic_write_bytes(path, figure_png(fig))
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def _write(out: Path, name: str, df: pd.DataFrame, title: str) -> list[Path]:
     atomic_write_bytes(out / f"{name}.csv", _csv(df))
     atomic_write_bytes(out / f"{name}.md", to_markdown(df, title).encode())
@@ -437,10 +482,12 @@ def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: s
     for p in problems:
         log.warning("skipped %s", p)
     label = _metric_label(metric)
-    tables["runs"] = df
     if df.empty:
+        tables["runs"] = df
         log.warning("no finished runs under %s", ", ".join(map(str, roots)))
         return tables
+    curves = learning_curves(df) if plots else pd.DataFrame()
+    df = tables["runs"] = df.drop(columns="folder")  # paths stay out of the tables
     atomic_write_bytes(out / "runs.csv", _csv(df))
     named = {"mean": f"{metric}_top1_mean", "std": f"{metric}_top1_std"}
     t4 = table4(df, metric).rename(columns=named)
@@ -461,6 +508,8 @@ def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: s
             _plot_fig5(tables["fig5_pairs"], out / "fig5_pairs.png", metric)
         if "gamma_grid" in tables:
             _plot_gamma(tables["gamma_grid"], out / "gamma_grid.png", metric)
+        if not curves.empty:
+            _plot_curves(curves, out)
     return tables
 
 

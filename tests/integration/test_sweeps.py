@@ -92,8 +92,22 @@ def test_aggregator_tables_from_the_sweep(tiny_sweep):
     assert t4.loc[0, "digits/resnet8 best_top1_mean"] == pytest.approx(teacher_ce.mean(), abs=1e-4)
     grid = pd.read_csv(out / "gamma_grid.csv")
     assert set(grid["gamma"]) == {0.5} and set(grid["n_seeds"]) == {2}
-    for name in ("table4.md", "fig5_pairs.md", "fig5_pairs_digits.png", "gamma_grid.png"):
+    for name in ("table4.md", "fig5_pairs.md", "fig5_pairs_digits.png", "gamma_grid.png", "learning_curves_digits.png"):
         assert (out / name).stat().st_size > 0, name
+    assert "folder" not in runs.columns  # run paths stay out of the tables
+    assert set(fig5["verdict"]) <= {"best", "not sig. worse", "worse"} and fig5["ci95"].notna().all()  # 2 seeds
+
+
+def test_learning_curves_average_each_methods_seeds_per_epoch(tiny_sweep):
+    from oracle_kd.tasks.tables import learning_curves, read_results
+
+    _, store = tiny_sweep
+    df, _ = read_results([store])
+    curves = learning_curves(df)
+    kd = df[(df.method == "kd") & (df.teacher == "resnet8")]
+    assert len(curves[curves.run_id.isin(kd.run_id)]) == len(kd) * int(df["epochs"].iloc[0])
+    last = curves[curves.run_id.isin(kd.run_id) & (curves.epoch == curves.epoch.max())]
+    assert sorted(last["test_top1"]) == sorted(kd["last_top1"])  # the curve ends at each run's last test top-1
 
 
 def test_last_epoch_metric_and_deterministic_output(tiny_sweep):
