@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from oracle_kd.config import CONF_DIR, RunConfig, group_options, validate
+from oracle_kd.config import AUTO_RECIPE_PREFIX, CONF_DIR, RunConfig, group_options, validate
 from oracle_kd.errors import OracleKDError, StoreError, os_error_line
 from oracle_kd.tasks import task_entry
 
@@ -28,7 +28,19 @@ GROUPS = ("dataset", "teacher", "student", "method", "train", "hardware", "pair"
 def task_main(cfg: DictConfig) -> Any:
     """Run one composed config (one job of a multirun) through the task registry."""
     rc = validate(cfg)
+    _say_recipe(rc)
     return task_entry(rc.task).fn(rc)
+
+
+def _say_recipe(rc: RunConfig) -> None:
+    """One line when the recipe was picked by the dataset (no `train=` given), saying which and why."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("train", "") if HydraConfig.initialized() else ""
+    if choice.startswith(AUTO_RECIPE_PREFIX) and rc.task in ("train", "analyze", "tune"):
+        preset = OmegaConf.load(CONF_DIR / "train" / f"{choice}.yaml").defaults[0]  # the preset it extends
+        log.info("recipe: train=%s (%d epochs), the default for %s; choose another with train=%s", preset,
+                 rc.train.epochs, rc.dataset.name, "|".join(group_options("train")))
 
 
 def compose(overrides: list[str] | None = None) -> RunConfig:

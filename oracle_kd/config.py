@@ -30,6 +30,7 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 STEMS = ("auto", "imagenet", "cifar")
+AUTO_RECIPE_PREFIX = "for_"  # conf/train/for_<dataset>.yaml: the recipe used when no train= is given
 LOGGERS = ("none", "tensorboard")  # per-epoch curves of each run: <run folder>/tb/ (engine/curves.py)
 
 
@@ -191,7 +192,8 @@ def group_options(group: str) -> list[str]:
     """What `group=<option>` accepts: one option per model for teacher/student, else the yaml presets."""
     if group in ("teacher", "student"):
         return available_models()
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    # train/for_<dataset>.yaml are the per-dataset defaults conf/config.yaml picks, not presets to name
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith(AUTO_RECIPE_PREFIX))
 
 
 def load_train_preset(name: str) -> TrainConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oracle_kd.cli import main
+from oracle_kd.cli import compose, main
 from oracle_kd.models import build_model
 
 TINY = ["train.epochs=1", "teacher=resnet8", "student=resnet8", "progress=false"]
@@ -64,3 +64,17 @@ def test_missing_teacher_checkpoint_is_one_line(capsys, tmp_path):
 def test_conflicting_hydra_flags_are_one_line(capsys, tmp_path):
     line = error_line(capsys, ["-m", "--cfg", "job"], tmp_path)
     assert "Only one of --run, --multirun" in line
+
+
+@pytest.mark.parametrize("overrides,epochs,lr", [([], 12, 0.005), (["dataset=cifar100"], 240, 0.05),
+                                                 (["train=paper"], 240, 0.05), (["train.epochs=3"], 3, 0.005),
+                                                 (["dataset=cifar10", "train=quick"], 12, 0.005)])
+def test_the_recipe_follows_the_dataset_unless_train_is_given(overrides, epochs, lr):
+    rc = compose(overrides)
+    assert (rc.train.epochs, rc.train.lr) == (epochs, lr)
+
+
+def test_the_picked_recipe_is_said_in_one_line(tmp_path, capfd):
+    assert main([f"store={tmp_path}", "method=ce", "student=resnet8", "train.epochs=1", "progress=false"]) == 0
+    lines = [line for line in capfd.readouterr().out.splitlines() if "recipe:" in line]
+    assert len(lines) == 1 and "train=quick (1 epochs), the default for digits" in lines[0]

@@ -1,5 +1,6 @@
 """Run identity is stable: these configs had these run_ids before the engine was re-layered, and a
-changed id would orphan every run already in a user's store (a relaunched sweep would retrain it)."""
+changed id would orphan every run already in a user's store (a relaunched sweep would retrain it). Digits
+entries name train=paper: that was the default recipe when the ids were recorded (it is now quick on digits)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,17 @@ from oracle_kd.cli import compose
 from oracle_kd.engine.teacher import identify
 
 KNOWN = [
-    ('', '1358cd3411f3'),
-    ('method=ce', '01e5090290ab'),
-    ('method=kd seed=1', 'e6b27337e934'),
+    ('train=paper', '1358cd3411f3'),
+    ('method=ce train=paper', '01e5090290ab'),
+    ('method=kd seed=1 train=paper', 'e6b27337e934'),
     ('method=oracle method.gamma=0.2 train=quick', '70b779680ee9'),
-    ('method=oracle_paper teacher=resnet110 student=resnet32', '65b592ec9100'),
+    ('method=oracle_paper teacher=resnet110 student=resnet32 train=paper', '65b592ec9100'),
     ('method=dkd dataset=cifar100', 'fbb18b05861e'),
-    ('method=at teacher.train=paper_teacher', 'aadec93fa88d'),
-    ('method=fitnet student=resnet8x4 teacher=resnet32x4', 'c010999c47c7'),
+    ('method=at teacher.train=paper_teacher train=paper', 'aadec93fa88d'),
+    ('method=fitnet student=resnet8x4 teacher=resnet32x4 train=paper', 'c010999c47c7'),
     ('method=sad dataset=tiny_imagenet teacher=resnet34 student=resnet18', '69654ac8cc14'),
     ('method=kd student=resnet18 student.stem=cifar dataset=cifar10', '057c6204f004'),
-    ('method=oracle dataset.crop_pad=0 train.batch_size=128 dataset.test_fraction=0.3', '15a00f03d58e'),
+    ('method=oracle dataset.crop_pad=0 train.batch_size=128 dataset.test_fraction=0.3 train=paper', '15a00f03d58e'),
 ]
 
 
