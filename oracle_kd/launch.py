@@ -9,6 +9,7 @@ the cohorts the sweep would train."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any, Callable
 
@@ -56,6 +57,39 @@ def print_plan(rcs: list[RunConfig], max_members: int | None) -> None:
               flush=True)
 
 
+class SweepProgress:
+    """How far a sweep is: runs done, how many were already finished (skipped) or resumed, how many are left,
+    and an ETA from the measured time per trained run so far (one line after each cohort)."""
+
+    def __init__(self, rcs: list[RunConfig]) -> None:
+        states = [run_status(rc)["status"] for rc in rcs]
+        self.total, self.done, self.trained, self.seconds = len(rcs), 0, 0, 0.0
+        self.finished = sum(s.startswith("finished") for s in states)
+        self.resumed = sum(s.startswith("resumable") for s in states)
+        log.info("sweep: %d training runs: %d finished already (skipped), %d to resume, %d new", self.total,
+                 self.finished, self.resumed, self.total - self.finished - self.resumed)
+
+    def cohort_done(self, runs: int, trained: int, seconds: float) -> str:
+        """Count a finished cohort (`trained` of its runs were not finished before) and log where the sweep is."""
+        self.done += runs
+        self.trained += trained
+        self.seconds += seconds
+        left = self.total - self.done
+        eta = ""
+        if left and self.trained:
+            per_run = self.seconds / self.trained
+            eta = f", ETA {_duration(per_run * left)} ({per_run:.0f} s per run measured)"
+        line = f"sweep: {self.done}/{self.total} runs done, {left} left{eta}"
+        log.info("%s", line)
+        return line
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(minutes, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
 def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
                           max_members: int | None) -> list[TaskFn]:
     """One task function per job: training jobs return their cohort's record for them."""
@@ -71,14 +105,19 @@ def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
     if plans:
         print_plan([rcs[i] for i in plans], max_members)
     train = [i for i, rc in rcs.items() if rc.task == "train"]
+    progress = SweepProgress([rcs[i] for i in train]) if train else None
     for group in group_cohorts([rcs[i] for i in train], max_members):
         jobs = [train[k] for k in group]
         log.info("cohort of %d run(s): jobs %s", len(jobs), ", ".join(f"#{configs[i].hydra.job.num}" for i in jobs))
+        unfinished = sum(not run_status(rcs[i])["status"].startswith("finished") for i in jobs)
+        start = time.perf_counter()
         try:
             results = run_cohort([rcs[i] for i in jobs])
         except OracleKDError as exc:
             functions.update((i, _raising(exc)) for i in jobs)
             continue
+        finally:
+            progress.cohort_done(len(jobs), unfinished, time.perf_counter() - start)
         functions.update((i, _raising(TrainingError(r["error"])) if r["status"] == "failed" else _returning(r))
                          for i, r in zip(jobs, results))
     return [functions.get(i, task_function) for i in range(len(configs))]

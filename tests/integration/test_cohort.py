@@ -99,11 +99,25 @@ QUICK = ["-m", "--config-dir", str(SWEEPS), "--config-name", "quick", "train.epo
          "teacher=resnet8", "student=resnet8", "progress=false", "hardware=cpu", "hardware.threads=1"]
 
 
-def test_the_cohort_launcher_trains_a_sweep_into_its_solo_records(solo, tmp_path):
+def test_the_cohort_launcher_trains_a_sweep_into_its_solo_records(solo, tmp_path, capfd):
     assert main([*QUICK, f"store={tmp_path}"]) == 0  # the preset's launcher is the cohort one
     assert same_as_solo(tmp_path, solo) and len(snapshot(tmp_path)) == 7
     sizes = [json.loads(p.read_text())["cohort"]["size"] for p in tmp_path.rglob("result.json")]
     assert sorted(sizes) == [1] + [6] * 6  # the ce run is the others' auto teacher: trained first
+    progress = [line.split("] ", 1)[1] for line in capfd.readouterr().out.splitlines() if "] sweep: " in line]
+    assert progress[0] == "sweep: 7 training runs: 0 finished already (skipped), 0 to resume, 7 new"
+    assert progress[-1] == "sweep: 7/7 runs done, 0 left"  # one cohort (the ce teacher is trained first)
+
+
+def test_sweep_progress_counts_runs_and_estimates_the_rest(tmp_path):
+    from oracle_kd.cli import compose
+    from oracle_kd.launch import SweepProgress
+
+    rcs = [compose([f"store={tmp_path}", "method=ce", f"seed={s}"]) for s in range(3)]
+    progress = SweepProgress(rcs)
+    assert (progress.total, progress.finished, progress.resumed) == (3, 0, 0)
+    assert progress.cohort_done(1, 1, 10.0) == "sweep: 1/3 runs done, 2 left, ETA 0m20s (10 s per run measured)"
+    assert progress.cohort_done(2, 2, 20.0) == "sweep: 3/3 runs done, 0 left"
 
 
 def test_plan_shows_the_teachers_then_one_cohort_per_teacher(tmp_path, capsys):
