@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from oracle_kd.config import AUTO_RECIPE_PREFIX, CONF_DIR, RunConfig, group_options, validate
 from oracle_kd.errors import OracleKDError, StoreError, os_error_line
+from oracle_kd.paths import SWEEPS_DIR
 from oracle_kd.tasks import task_entry
 
 log = logging.getLogger("oracle_kd")
@@ -154,6 +156,26 @@ def main(argv: list[str] | None = None) -> int:
 
         GlobalHydra.instance().clear()
     return 0
+
+
+def entry() -> None:
+    """The `oracle-kd` console script: `python run.py` from any directory. A sweep preset named as in the README
+    (`--config-dir sweeps --config-name quick`, or `--config-name quick` alone) is found among the shipped ones
+    when there is no such folder or config here."""
+    sys.exit(main(_with_presets(sys.argv[1:])))
+
+
+def _with_presets(args: list[str]) -> list[str]:
+    args = list(args)
+    if "--config-dir" in args:
+        i = args.index("--config-dir") + 1
+        if i < len(args) and args[i] == "sweeps" and not Path("sweeps").is_dir():
+            args[i] = str(SWEEPS_DIR)
+    elif "--config-name" in args:
+        i = args.index("--config-name") + 1
+        if i < len(args) and not (CONF_DIR / f"{args[i]}.yaml").exists() and (SWEEPS_DIR / f"{args[i]}.yaml").exists():
+            args += ["--config-dir", str(SWEEPS_DIR)]
+    return args
 
 
 def _report(exc: BaseException, cause: BaseException | None = None) -> int:

@@ -15,7 +15,6 @@ import importlib.util
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -25,8 +24,8 @@ from oracle_kd.data import available_datasets
 from oracle_kd.errors import ConfigError, choice, require
 from oracle_kd.methods import MethodConfig, available_methods, method_entry
 from oracle_kd.models import available_models
+from oracle_kd.paths import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 STEMS = ("auto", "imagenet", "cifar")

@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "oracle_kd"
 # bottom to top; a module may import its own layer and the layers below it
 LAYERS = [
-    ("core", ("oracle_kd.errors", "oracle_kd.core")),
+    ("core", ("oracle_kd.errors", "oracle_kd.paths", "oracle_kd.core")),
     ("components", ("oracle_kd.data", "oracle_kd.models", "oracle_kd.methods")),
     ("config", ("oracle_kd.config",)),
     ("store", ("oracle_kd.store",)),

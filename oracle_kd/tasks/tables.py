@@ -20,6 +20,7 @@ import pandas as pd
 from oracle_kd.config import RunConfig
 from oracle_kd.core.stats import ci95_half_width, welch_p
 from oracle_kd.errors import choice, reason
+from oracle_kd.paths import PAPER_DIR
 from oracle_kd.store import record
 from oracle_kd.store.analysis import collect_analysis
 from oracle_kd.store.identity import content_hash
@@ -29,7 +30,6 @@ from oracle_kd.tasks.registry import register_task
 log = logging.getLogger("oracle_kd")
 
 METRICS = ("best", "last")
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 ARCH_ORDER = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
               "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
               "resnet18c", "resnet50c", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet18", "resnet34",
