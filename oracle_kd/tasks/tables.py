@@ -329,16 +329,18 @@ def _csv(df: pd.DataFrame) -> bytes:
 
 def to_markdown(df: pd.DataFrame, title: str) -> str:
     """A plain GitHub-flavoured Markdown table (no extra dependency)."""
-    def fmt(v: Any) -> str:
+    def fmt(v: Any, column: str) -> str:
         if isinstance(v, float):
-            return "" if pd.isna(v) else f"{v:.2f}"
+            if pd.isna(v):
+                return ""
+            return f"{v:.2g}" if column.startswith("p_") else f"{v:.2f}"  # a p-value near 0.05 needs its digits
         return str(v)
 
     lines = [f"# {title}", "", "| " + " | ".join(map(str, df.columns)) + " |",
              "|" + "|".join("---" for _ in df.columns) + "|"]
     best = list(df["verdict"].astype(str).str.startswith("best")) if "verdict" in df.columns else [False] * len(df)
     for row, is_best in zip(df.itertuples(index=False), best):
-        cells = [fmt(v) for v in row]
+        cells = [fmt(v, c) for v, c in zip(row, df.columns)]
         if is_best and "method" in df.columns:  # the cell's best method in bold
             cells[list(df.columns).index("method")] = f"**{cells[list(df.columns).index('method')]}**"
         lines.append("| " + " | ".join(cells) + " |")

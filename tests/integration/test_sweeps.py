@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ["--config-dir", str(ROOT / "sweeps"), "--config-name"]
 # Hydra composes each job twice (~0.2 s each), so the big grids are cut down by one override here;
 # every method and dataset of them still composes in one of the cases.
-PRESETS = [("quick", [], 7), ("teachers", [], 8), ("table4", ["dataset=cifar100"], 24),
+PRESETS = [("quick", [], 7), ("demo", [], 21), ("teachers", [], 8), ("table4", ["dataset=cifar100"], 24),
            ("fig5_pairs", ["method=oracle_paper"], 16), ("gamma_grid", [], 12), ("table5", [], 24)]
 
 
