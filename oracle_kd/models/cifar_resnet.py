@@ -50,10 +50,18 @@ def run_stages(stem_out: torch.Tensor, layers: tuple[nn.Sequential, ...], fc: nn
     return fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
 
 
+def apply_shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's shortcut of x: its projection (stored under `block.shortcut_name`), or x itself."""
+    projection = getattr(block, block.shortcut_name)
+    return x if projection is None else projection(x)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs plus a shortcut; a 1x1 projection only where the shape changes (option B)."""
 
     bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
+    expansion = 1
+    shortcut_name = "downsample"  # the projection's state_dict key (mdistiller's resnetv2 says "shortcut")
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -61,14 +69,13 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = projection_shortcut(in_planes, planes, stride)
+        setattr(self, self.shortcut_name, projection_shortcut(in_planes, planes, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Out-of-place ops throughout: block outputs are handed to distillation losses via Features.
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return F.relu(out + apply_shortcut(self, x))
 
 
 class CifarResNet(nn.Module):

@@ -21,6 +21,7 @@ from oracle_kd.core.features import Features
 from oracle_kd.errors import ConfigError
 from oracle_kd.models.cifar_resnet import (  # BasicBlock: as torchvision's
     BasicBlock,
+    apply_shortcut,
     init_resnet_weights,
     projection_shortcut,
     run_stages,
@@ -37,8 +38,8 @@ class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (stride here, as torchvision's "ResNet v1.5"), 1x1 expand x4, plus a shortcut."""
 
     bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
-
     expansion = 4
+    shortcut_name = "downsample"  # the projection's state_dict key (mdistiller's resnetv2 says "shortcut")
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -49,14 +50,13 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.downsample = projection_shortcut(in_planes, out_planes, stride)
+        setattr(self, self.shortcut_name, projection_shortcut(in_planes, out_planes, stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + shortcut)
+        return F.relu(out + apply_shortcut(self, x))
 
 
 def resolve_stem(stem: str, image_size: int | None) -> str:

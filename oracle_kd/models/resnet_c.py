@@ -19,56 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
-from oracle_kd.models.cifar_resnet import init_resnet_weights, projection_shortcut, run_stages
+from oracle_kd.models.cifar_resnet import BasicBlock, init_resnet_weights, run_stages
 from oracle_kd.models.registry import register_model
+from oracle_kd.models.resnet import Bottleneck
 
 
-class BasicBlockC(nn.Module):
-    """Two 3x3 convs plus a shortcut (1x1 projection where the shape changes), under mdistiller's names."""
+class BasicBlockC(BasicBlock):
+    """Our CIFAR BasicBlock under mdistiller's names: the projection is ``shortcut.{0,1}`` (an identity shortcut
+    has no parameters there, mdistiller's empty nn.Sequential, and adds no keys here either)."""
 
-    bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
-
-    expansion = 1
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        # an identity shortcut has no parameters (mdistiller's empty nn.Sequential), so None adds no keys either
-        self.shortcut = projection_shortcut(in_planes, planes, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Out-of-place ops throughout: block outputs are handed to distillation losses via Features.
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+    shortcut_name = "shortcut"
 
 
-class BottleneckC(nn.Module):
-    """1x1 reduce, 3x3 (carries the stride), 1x1 expand x4, plus a shortcut, under mdistiller's names."""
+class BottleneckC(Bottleneck):
+    """torchvision's Bottleneck (stride on the 3x3, as mdistiller's resnetv2) under mdistiller's names."""
 
-    bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
-
-    expansion = 4
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        out_planes = planes * self.expansion
-        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut = projection_shortcut(in_planes, out_planes, stride)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+    shortcut_name = "shortcut"
 
 
 class ResNetC(nn.Module):
