@@ -62,17 +62,18 @@ class SweepProgress:
     and an ETA from the measured time per trained run so far (one line after each cohort)."""
 
     def __init__(self, rcs: list[RunConfig]) -> None:
-        states = [run_status(rc)["status"] for rc in rcs]
+        self.states = [run_status(rc)["status"] for rc in rcs]  # read once, at the start of the sweep
         self.total, self.done, self.trained, self.seconds = len(rcs), 0, 0, 0.0
-        self.finished = sum(s.startswith("finished") for s in states)
-        self.resumed = sum(s.startswith("resumable") for s in states)
+        self.finished = sum(s.startswith("finished") for s in self.states)
+        self.resumed = sum(s.startswith("resumable") for s in self.states)
         log.info("sweep: %d training runs: %d finished already (skipped), %d to resume, %d new", self.total,
                  self.finished, self.resumed, self.total - self.finished - self.resumed)
 
-    def cohort_done(self, runs: int, trained: int, seconds: float) -> str:
-        """Count a finished cohort (`trained` of its runs were not finished before) and log where the sweep is."""
-        self.done += runs
-        self.trained += trained
+    def cohort_done(self, members: list[int], seconds: float) -> str:
+        """Count a finished cohort (`members`: indices into the sweep's runs) and log where the sweep is; the
+        time per run is measured over the members that were not finished before."""
+        self.done += len(members)
+        self.trained += sum(not self.states[k].startswith("finished") for k in members)
         self.seconds += seconds
         left = self.total - self.done
         eta = ""
@@ -109,7 +110,6 @@ def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
     for group in group_cohorts([rcs[i] for i in train], max_members):
         jobs = [train[k] for k in group]
         log.info("cohort of %d run(s): jobs %s", len(jobs), ", ".join(f"#{configs[i].hydra.job.num}" for i in jobs))
-        unfinished = sum(not run_status(rcs[i])["status"].startswith("finished") for i in jobs)
         start = time.perf_counter()
         try:
             results = run_cohort([rcs[i] for i in jobs])
@@ -117,7 +117,7 @@ def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
             functions.update((i, _raising(exc)) for i in jobs)
             continue
         finally:
-            progress.cohort_done(len(jobs), unfinished, time.perf_counter() - start)
+            progress.cohort_done(group, time.perf_counter() - start)
         functions.update((i, _raising(TrainingError(r["error"])) if r["status"] == "failed" else _returning(r))
                          for i, r in zip(jobs, results))
     return [functions.get(i, task_function) for i in range(len(configs))]

@@ -116,8 +116,8 @@ def test_sweep_progress_counts_runs_and_estimates_the_rest(tmp_path):
     rcs = [compose([f"store={tmp_path}", "method=ce", f"seed={s}"]) for s in range(3)]
     progress = SweepProgress(rcs)
     assert (progress.total, progress.finished, progress.resumed) == (3, 0, 0)
-    assert progress.cohort_done(1, 1, 10.0) == "sweep: 1/3 runs done, 2 left, ETA 0m20s (10 s per run measured)"
-    assert progress.cohort_done(2, 2, 20.0) == "sweep: 3/3 runs done, 0 left"
+    assert progress.cohort_done([0], 10.0) == "sweep: 1/3 runs done, 2 left, ETA 0m20s (10 s per run measured)"
+    assert progress.cohort_done([1, 2], 20.0) == "sweep: 3/3 runs done, 0 left"
 
 
 def test_plan_shows_the_teachers_then_one_cohort_per_teacher(tmp_path, capsys):
