@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
+from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 
 
@@ -26,14 +27,6 @@ def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Modu
     return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
-def init_resnet_weights(model: nn.Module) -> None:
-    """He et al. / torchvision init: kaiming-normal (fan_out) convs, BN weight 1 bias 0; fc keeps the default."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def run_stages(stem_out: torch.Tensor, layers: tuple[nn.Sequential, ...], fc: nn.Linear) -> tuple[torch.Tensor, Features]:
@@ -110,7 +103,7 @@ class CifarResNet(nn.Module):
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.fc = nn.Linear(in_planes, num_classes)
-        init_resnet_weights(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the intermediate features that distillation methods consume."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
+from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 
 # (expansion, channels at width 1, units, stride of the first unit); expansion None = the model's T
@@ -93,19 +94,8 @@ class MobileNetV2(nn.Module):
         last = int(1280 * width) if width > 1.0 else 1280  # the head never narrows below 1280
         self.conv2 = _conv_bn_relu(in_ch, last, 1)
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
-        self._init_weights()
+        init_weights(self, linear="small")  # as mdistiller: classifier N(0, 0.01)
 
-    def _init_weights(self) -> None:
-        """As mdistiller: conv N(0, 2/(k·k·out)), i.e. kaiming-normal fan_out; BN 1/0; fc N(0, 0.01), bias 0."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def head(self, last_stage: torch.Tensor) -> torch.Tensor:
         """The map that is pooled for the classifier: 1x1 conv-BN-ReLU to 1280 channels."""

@@ -22,10 +22,10 @@ from oracle_kd.errors import ConfigError
 from oracle_kd.models.cifar_resnet import (  # BasicBlock: as torchvision's
     BasicBlock,
     apply_shortcut,
-    init_resnet_weights,
     projection_shortcut,
     run_stages,
 )
+from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 
 STEMS = ("auto", "cifar", "imagenet")
@@ -110,7 +110,7 @@ class ResNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(in_planes, num_classes)
-        init_resnet_weights(self)  # torchvision's init, so fresh models train as torchvision's do
+        init_weights(self)  # torchvision's init, so fresh models train as torchvision's do
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the features distillation methods consume (stem output = after max-pool)."""

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
-from oracle_kd.models.cifar_resnet import BasicBlock, init_resnet_weights, run_stages
+from oracle_kd.models.cifar_resnet import BasicBlock, run_stages
+from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 from oracle_kd.models.resnet import Bottleneck
 
@@ -68,7 +69,7 @@ class ResNetC(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.linear = nn.Linear(in_planes, num_classes)
-        init_resnet_weights(self)  # the same init mdistiller's resnetv2 applies
+        init_weights(self)  # the same init mdistiller's resnetv2 applies
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the features distillation methods consume (points as mdistiller's ``feats``)."""

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
+from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 
 Widths = tuple[tuple[int, ...], ...]
@@ -61,19 +62,6 @@ def _halve(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, 2) if min(x.shape[-2:]) >= 2 else x
 
 
-def init_vgg_weights(model: nn.Module) -> None:
-    """mdistiller's init: convs normal with std sqrt(2 / (k*k*out)) (kaiming fan_out) and zero bias, BN weight 1
-    bias 0, the classifier normal(0, 0.01) with zero bias."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 class CifarVGG(nn.Module):
@@ -91,7 +79,7 @@ class CifarVGG(nn.Module):
             in_planes = group_widths[-1]
         self.block0, self.block1, self.block2, self.block3, self.block4 = groups
         self.classifier = nn.Linear(in_planes, num_classes)
-        init_vgg_weights(self)
+        init_weights(self, linear="small")  # mdistiller: classifier N(0, 0.01)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the intermediate features that distillation methods consume."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
+from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 
 
@@ -62,17 +63,6 @@ class WideStage(nn.Module):
         return self.layer(x)
 
 
-def init_wrn_weights(model: nn.Module) -> None:
-    """mdistiller's init: convs N(0, 2/(k*k*out)), i.e. kaiming-normal fan_out; BN weight 1 bias 0; fc bias 0
-    (fc weight keeps PyTorch's default)."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 class WideResNet(nn.Module):
@@ -93,7 +83,7 @@ class WideResNet(nn.Module):
         self.block3 = WideStage(n, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        init_wrn_weights(self)
+        init_weights(self, linear="zero_bias")  # mdistiller zeroes the fc bias only
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the intermediate features that distillation methods consume."""
