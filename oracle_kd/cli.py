@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from oracle_kd.config import AUTO_RECIPE_PREFIX, CONF_DIR, RunConfig, group_options, validate
-from oracle_kd.errors import OracleKDError, StoreError, os_error_line
+from oracle_kd.errors import OracleKDError, StoreError, mask_credentials, os_error_line
 from oracle_kd.paths import SWEEPS_DIR
+from oracle_kd.store.study_storage import password_out_of_overrides
 from oracle_kd.tasks import task_entry
 
 log = logging.getLogger("oracle_kd")
@@ -119,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if not OmegaConf.has_resolver("rank_suffix"):  # torchrun ranks > 0 log to their own Hydra folder
         OmegaConf.register_new_resolver("rank_suffix", lambda: "" if os.environ.get("RANK", "0") == "0"
                                         else f"-rank{os.environ['RANK']}")
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    args = password_out_of_overrides(args)  # before Hydra records the command line in .hydra/ and its logs
+    sys.argv = [sys.argv[0], *args]
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def _app(cfg: DictConfig) -> Any:
@@ -181,5 +182,5 @@ def _with_presets(args: list[str]) -> list[str]:
 def _report(exc: BaseException, cause: BaseException | None = None) -> int:
     if os.environ.get("ORACLE_KD_TRACEBACK"):
         raise cause or exc
-    print(f"error: {one_line_error(exc)}", file=sys.stderr, flush=True)
+    print(f"error: {mask_credentials(one_line_error(exc))}", file=sys.stderr, flush=True)
     return 2

@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from oracle_kd.data import available_datasets
-from oracle_kd.errors import ConfigError, choice, require
+from oracle_kd.errors import ConfigError, choice, mask_credentials, require
 from oracle_kd.methods import MethodConfig, available_methods, method_entry
 from oracle_kd.models import available_models
 from oracle_kd.paths import CONF_DIR
@@ -156,7 +156,16 @@ class RunConfig:
         """Every field and section as plain data (what a run's config.json records)."""
         out = dataclasses.asdict(self)
         out.update(out.pop("sections"))
-        return out
+        return _masked(out)
+
+
+def _masked(value: Any) -> Any:
+    """Plain data with every URL's password replaced by *** (a database URL must not reach a record)."""
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return mask_credentials(value) if isinstance(value, str) else value
 
 
 _SECTIONS: dict[str, type] = {}

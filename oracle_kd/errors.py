@@ -30,12 +30,19 @@ class TrainingError(OracleKDError):
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^\s:/@]*):[^\s/@]*@")
+
+
+def mask_credentials(text: str) -> str:
+    """`scheme://user:password@host` -> `scheme://user:***@host`, wherever a URL stands in `text`: what the tool
+    writes (records, logs, error lines) never carries a database password."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
 
 
 def reason(exc: BaseException, limit: int = 240) -> str:
     """The gist of a third-party exception as one plain line: colour codes stripped, and for torch's long
     weights_only refusals the sentence that names the refused global, not the paragraphs of advice."""
-    text = _ANSI.sub("", str(exc))
+    text = mask_credentials(_ANSI.sub("", str(exc)))
     unsupported = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
     if unsupported:
         return unsupported.group(0).replace("GLOBAL ", "")

@@ -31,9 +31,9 @@ from oracle_kd.core.metrics import REPRESENTATIONS, teacher_metrics
 from oracle_kd.engine.oracle_teacher import OracleSetup, setup_oracle, short_identity
 from oracle_kd.engine.teacher import identify, teacher_run_config
 from oracle_kd.engine.trainer import run
-from oracle_kd.errors import ConfigError, choice, require
+from oracle_kd.errors import ConfigError, choice, mask_credentials, require
 from oracle_kd.methods.oracle import OracleConfig
-from oracle_kd.store import record
+from oracle_kd.store import record, study_storage
 from oracle_kd.store.identity import content_hash
 from oracle_kd.store.io import atomic_write_bytes, atomic_write_json, figure_png, read_metrics
 from oracle_kd.tasks.registry import register_task
@@ -122,35 +122,14 @@ def study_name(rc: RunConfig, settings: dict[str, Any]) -> str:
 
 
 def storage_url(rc: RunConfig) -> str:
-    """The study's storage as a string (what the summary records): `journal:<path>` or an Optuna URL, by default
-    SQLite at <store>/optuna.db (fine for workers on one machine)."""
-    if rc.tune.journal:
-        return f"journal:{Path(rc.tune.journal).expanduser().resolve()}"
-    if rc.tune.storage:
-        return rc.tune.storage
-    return f"sqlite:///{Path(rc.store).expanduser().resolve() / 'optuna.db'}"
+    """The study's storage as a string: `journal:<path>`, or an Optuna URL (default: SQLite at <store>/optuna.db)."""
+    return study_storage.storage_url(rc.store, rc.tune.storage, rc.tune.journal)
 
 
 def make_storage(rc: RunConfig) -> Any:
-    """`tune.journal` (a JournalFileStorage: file appends, safe on NFS) wins over `tune.storage`. A URL storage
-    gets Optuna's heartbeat, so a trial whose worker was killed does not stay RUNNING forever: it is failed
-    once silent past the grace period, and retried with its γ. (Journal storages have no heartbeat.)"""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend
-
-    url, t = storage_url(rc), rc.tune
-    if url.startswith("journal:"):
-        path = Path(url[len("journal:"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):  # SQLite cannot create the folder of its file
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what a killed worker needs
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=t.retries)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=t.heartbeat_interval,
-                                          grace_period=t.grace_period or 2 * t.heartbeat_interval,
-                                          heartbeat_stale_trial_callback=retry)
+    t = rc.tune
+    return study_storage.make_storage(storage_url(rc), t.heartbeat_interval, t.grace_period or 2 * t.heartbeat_interval,
+                                      t.retries)
 
 
 def sampler_seed(seed: int, worker: int, n_existing: int) -> int:
@@ -335,7 +314,7 @@ def write_summary(rc: RunConfig, study: Any, name: str, settings: dict[str, Any]
               else f"student {rc.student.arch} best top-1 (%) after {t.student_epochs} epochs")
     best_pair = (best.params["gamma"], best.value) if best else None
     png = plot_scores(df, best_pair, f"{name}: {len(df)} trials", ylabel, t.log_scale)
-    summary = {"study_name": name, "storage": storage_url(rc),
+    summary = {"study_name": name, "storage": mask_credentials(storage_url(rc)),
                "n_trials": len(df), "n_complete": int((df["state"] == "COMPLETE").sum()) if not df.empty else 0,
                "best_gamma": best_pair[0] if best_pair else None, "best_value": best_pair[1] if best_pair else None,
                "best_trial": best.number if best else None, "objective": t.objective, "settings": settings,
@@ -367,8 +346,7 @@ def tune(rc: RunConfig) -> dict[str, Any]:
     settings = study_settings(rc, identity)
     name = study_name(rc, settings)
     storage = make_storage(rc)
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
-                                load_if_exists=True)
+    study = study_storage.open_study(storage, name, pruner, {"settings": json.loads(json.dumps(settings, default=str))})
     if isinstance(storage, optuna.storages.RDBStorage):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -376,7 +354,6 @@ def tune(rc: RunConfig) -> dict[str, Any]:
     n_before = len(study.get_trials(deepcopy=False))
     seed = sampler_seed(rc.seed, t.worker, n_before)
     study.sampler = make_sampler(t.sampler, seed)
-    study.set_user_attr("settings", json.loads(json.dumps(settings, default=str)))
     log.info("study %s (worker %d, sampler %s seed %d): %d trials so far, running %d more", name, t.worker,
              t.sampler, seed, n_before, t.n_trials)
     study.optimize(objective, n_trials=t.n_trials)

@@ -24,3 +24,17 @@ def teacher_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("oracle_teacher_store")
     assert main([f"store={path}", *ORACLE_BASE, "task=train", "method=ce", "student=resnet8"]) == 0
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server (tests/fixtures/pg_server.py) for this session's worker, stopped by PID at the
+    end; skipped with one line saying how to enable it where the server or the driver is missing."""
+    import pg_server
+
+    why = pg_server.available()
+    if why:
+        pytest.skip(why)
+    server = pg_server.start()
+    yield server
+    server.stop()

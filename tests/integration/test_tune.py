@@ -101,8 +101,16 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_a_killed_workers_trial_is_failed_and_retried_not_left_running(store, tmp_path):
-    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path) -> str:
+    """A fresh, empty database URL: SQLite in tmp_path, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'optuna.db'}"
+    return request.getfixturevalue("postgres").create_database(tmp_path.name.lower())
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_not_left_running(store, tmp_path, database):
+    db = database
     args = [f"store={store}", *BASE, "task=tune", "tune.n_trials=1", f"tune.storage={db}",
             "tune.heartbeat_interval=1", "tune.grace_period=2"]
     driver, marker = tmp_path / "blocking_trial.py", tmp_path / "in_trial"
@@ -122,3 +130,17 @@ def test_a_killed_workers_trial_is_failed_and_retried_not_left_running(store, tm
     trials = sorted(only_study(db).trials, key=lambda t: t.number)
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
     assert trials[1].params["gamma"] == killed.params["gamma"]  # retried with its γ
+
+
+@pytest.mark.parametrize("url, advice", [
+    ("postgresql+pg8000://kd:hunter2@127.0.0.1:1/optuna", "install the SQLAlchemy driver for postgresql+pg8000://"),
+    ("postgresql+psycopg2://kd:hunter2@127.0.0.1:1/optuna", "pip install psycopg2-binary"),
+    ("postgresql+psycopg://kd:hunter2@127.0.0.1:1/optuna", "cannot open the database"),  # nothing listens on port 1
+    ("nosuchdb://kd:hunter2@127.0.0.1:1/optuna", "install the SQLAlchemy driver for nosuchdb://"),
+])
+def test_a_missing_driver_or_server_is_one_line_without_the_password(store, capsys, monkeypatch, url, advice):
+    monkeypatch.delenv("ORACLE_KD_STORAGE_PASSWORD", raising=False)
+    assert main([f"store={store}", *BASE, "task=tune", f"tune.storage={url}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: tune.storage=") and advice in err[0], err
+    assert "hunter2" not in err[0] and "kd:***@127.0.0.1:1" in err[0]
