@@ -121,3 +121,35 @@ def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
         functions.update((i, _raising(TrainingError(r["error"])) if r["status"] == "failed" else _returning(r))
                          for i, r in zip(jobs, results))
     return [functions.get(i, task_function) for i in range(len(configs))]
+
+
+def cluster_groups(configs: list[DictConfig], max_members: int | None) -> tuple[list[list[int]], list[int]]:
+    """How `hydra/launcher=cohort_slurm` splits a multirun: groups of job indices, one SLURM job each (every
+    cohort of training jobs; every other job alone), and the jobs to run where the sweep was launched (task=plan,
+    which only prints, and jobs whose config is invalid, which fail at once with their one-line error)."""
+    require(max_members is None or max_members >= 1, "hydra.launcher.max_members", max_members, "must be >= 1 or null")
+    rcs: dict[int, RunConfig] = {}
+    here: list[int] = []
+    for i, cfg in enumerate(configs):
+        try:
+            rcs[i] = validate(cfg)
+        except OracleKDError:
+            here.append(i)
+    here += [i for i, rc in rcs.items() if rc.task == "plan"]
+    train = [i for i, rc in rcs.items() if rc.task == "train"]
+    groups = [[train[k] for k in g] for g in group_cohorts([rcs[i] for i in train], max_members)]
+    groups += [[i] for i, rc in rcs.items() if rc.task not in ("train", "plan")]
+    return sorted(groups, key=lambda g: g[0]), sorted(here)
+
+
+def cluster_job_name(configs: list[DictConfig]) -> str:
+    """A SLURM job name that says what the job trains (squeue shows it): `oracle-kd-<teacher>-s<seed>-<n>runs`
+    for a cohort, `oracle-kd-<method>-<teacher>-<student>-s<seed>` for a lone run, `oracle-kd-<task>` else."""
+    rcs = [validate(cfg) for cfg in configs]
+    rc = rcs[0]
+    if rc.task != "train":
+        return f"oracle-kd-{rc.task}"
+    d = describe(rcs)
+    if len(rcs) == 1:
+        return f"oracle-kd-{rc.method.name}-{d['teacher'] or 'none'}-{rc.student.arch}-s{rc.seed}"
+    return f"oracle-kd-{d['teacher'] or 'none'}-s{d['seed']}-{len(rcs)}runs"

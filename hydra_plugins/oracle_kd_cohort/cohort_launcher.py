@@ -5,9 +5,10 @@ is and how it trains is `oracle_kd.launch` and the engine. (No `from __future__ 
 modules outside sys.modules, where dataclasses cannot resolve string annotations.)"""
 
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
@@ -36,29 +37,40 @@ class CohortLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from oracle_kd.launch import cohort_task_functions
-
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = cfg.hydra.job.num = idx
-            configs.append(cfg)
-        functions = cohort_task_functions(configs, self.task_function, self.max_members)
-        returns = []
-        for cfg, fn, overrides in zip(configs, functions, job_overrides):
-            self._log_job(cfg, overrides)
-            returns.append(run_job(hydra_context=self.hydra_context, task_function=fn, config=cfg,
-                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
-            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return returns
+        configs = sweep_configs(self.hydra_context, self.config, job_overrides, range(initial_job_idx, 1 << 62))
+        return run_as_cohorts(self.hydra_context, self.config, self.task_function, configs, job_overrides,
+                              self.max_members)
 
-    @staticmethod
-    def _log_job(cfg: Any, overrides: Sequence[str]) -> None:
-        import logging
 
+def sweep_configs(hydra_context: HydraContext, config: DictConfig, job_overrides: Sequence[Sequence[str]],
+                  numbers: Iterable[int], job_id: Optional[str] = None) -> List[DictConfig]:
+    """Each job's composed config, numbered as Hydra numbers a multirun's jobs."""
+    configs = []
+    for num, overrides in zip(numbers, job_overrides):
+        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.num = num
+            cfg.hydra.job.id = job_id if job_id is not None else num
+        configs.append(cfg)
+    return configs
+
+
+def run_as_cohorts(hydra_context: HydraContext, config: DictConfig, task_function: TaskFunction,
+                   configs: List[DictConfig], job_overrides: Sequence[Sequence[str]],
+                   max_members: Optional[int]) -> List[JobReturn]:
+    """Train the jobs' cohorts in this process, then hand each job its result through Hydra's run_job (its
+    output folder and log, as any launcher gives it)."""
+    from oracle_kd.launch import cohort_task_functions
+
+    functions = cohort_task_functions(configs, task_function, max_members)
+    returns = []
+    for cfg, fn, overrides in zip(configs, functions, job_overrides):
         logging.getLogger(__name__).info(f"\t#{cfg.hydra.job.num} : {' '.join(filter_overrides(overrides))}")
+        returns.append(run_job(hydra_context=hydra_context, task_function=fn, config=cfg,
+                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return returns

@@ -132,6 +132,56 @@ def test_a_killed_workers_trial_is_failed_and_retried_not_left_running(store, tm
     assert trials[1].params["gamma"] == killed.params["gamma"]  # retried with its γ
 
 
+BLOCKING_SECOND_EPOCH = """
+import sys, time
+marker = sys.argv[1]
+import oracle_kd.tasks.tune as tune
+real = tune.run
+def second_epoch_blocks(rc):  # epoch 1 trains and checkpoints; the worker is killed inside epoch 2
+    if rc.method.name == "oracle" and rc.stop_after_epoch is None:  # the student's last call: epoch 2
+        open(marker, "w").close()
+        time.sleep(600)
+    return real(rc)
+tune.run = second_epoch_blocks
+from oracle_kd.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_retried_student_trial_resumes_its_run_from_last_pt(store, tmp_path):
+    """tune.objective=student_acc: the killed trial's γ is retried, and its student run goes on from the epoch
+    the killed worker checkpointed instead of starting over."""
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [f"store={store}", *BASE, "task=tune", "student=resnet8", "tune.objective=student_acc",
+            "tune.student_epochs=2", "tune.n_trials=1", f"tune.storage={db}", "tune.heartbeat_interval=1",
+            "tune.grace_period=2"]
+    driver, marker = tmp_path / "blocking_epoch.py", tmp_path / "in_epoch_2"
+    driver.write_text(BLOCKING_SECOND_EPOCH)
+    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *args, f"hydra.run.dir={tmp_path / 'h'}"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "too slow"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    (killed,) = only_study(db).trials
+    folder = Path(killed.user_attrs["run_folder"])
+    epoch_1 = (folder / "metrics.jsonl").read_text()
+    assert (folder / "last.pt").exists() and not (folder / "result.json").exists()
+    time.sleep(2.5)  # past the grace period
+    done = subprocess.run([sys.executable, "run.py", *args, f"hydra.run.dir={tmp_path / 'h2'}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    trials = sorted(only_study(db).trials, key=lambda t: t.number)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].params["gamma"] == killed.params["gamma"] and trials[1].user_attrs["run_folder"] == str(folder)
+    assert f"resuming run {folder.name} from epoch 1/2" in done.stdout + done.stderr
+    rows = (folder / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and rows[0] == epoch_1.splitlines()[0]  # epoch 1 was not trained again
+    assert trials[1].value == json.loads((folder / "result.json").read_text())["best_top1"]
+
+
 @pytest.mark.parametrize("url, advice", [
     ("postgresql+pg8000://kd:hunter2@127.0.0.1:1/optuna", "install the SQLAlchemy driver for postgresql+pg8000://"),
     ("postgresql+psycopg2://kd:hunter2@127.0.0.1:1/optuna", "pip install psycopg2-binary"),

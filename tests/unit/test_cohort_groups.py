@@ -37,3 +37,26 @@ def test_an_auto_teacher_trained_with_the_students_recipe_is_another_teacher():
 def test_max_members_splits_a_cohort():
     rcs = _rcs(*[["method=oracle", f"method.gamma={g}"] for g in (0, 0.1, 0.2, 0.5, 1, 2)])
     assert group_cohorts(rcs, max_members=4) == [[0, 1, 2, 3], [4, 5]]
+
+
+def _cfgs(*variants: list[str]) -> list:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from oracle_kd.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return [hydra_compose(config_name="config", overrides=[*BASE, *v]) for v in variants]
+
+
+def test_on_slurm_each_cohort_is_one_job_and_plans_run_here():
+    from oracle_kd.launch import cluster_groups, cluster_job_name
+
+    cfgs = _cfgs(["method=kd"], ["method=oracle"], ["method=ce", "seed=1"], ["task=tables"], ["task=plan"],
+                 ["method=kd", "seed=1"], ["method=oracle", "method.gamma=-1"], ["method=ce"])
+    groups, here = cluster_groups(cfgs, None)
+    assert groups == [[0, 1, 7], [2, 5], [3]] and here == [4, 6]  # γ = -1 is invalid: it fails where launched
+    names = [cluster_job_name([cfgs[i] for i in g]) for g in groups]
+    assert names == ["oracle-kd-resnet56-s0-3runs", "oracle-kd-resnet56-s1-2runs", "oracle-kd-tables"]
+    assert cluster_job_name([cfgs[2]]) == "oracle-kd-ce-none-resnet20-s1"
+    assert cluster_groups(cfgs, 2)[0] == [[0, 1], [2, 5], [3], [7]]
