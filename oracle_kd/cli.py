@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from oracle_kd.config import AUTO_RECIPE_PREFIX, CONF_DIR, RunConfig, group_options, validate
-from oracle_kd.errors import OracleKDError, StoreError, mask_credentials, os_error_line
+from oracle_kd.errors import OracleKDError, StoreError, from_scheduler, mask_credentials, os_error_line, reason
 from oracle_kd.paths import SWEEPS_DIR
 from oracle_kd.store.study_storage import password_out_of_overrides
 from oracle_kd.tasks import task_entry
@@ -117,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    if not OmegaConf.has_resolver("rank_suffix"):  # torchrun ranks > 0 log to their own Hydra folder
-        OmegaConf.register_new_resolver("rank_suffix", lambda: "" if os.environ.get("RANK", "0") == "0"
-                                        else f"-rank{os.environ['RANK']}")
+    if not OmegaConf.has_resolver("rank_suffix"):  # DDP ranks > 0 log to their own Hydra folder
+        OmegaConf.register_new_resolver("rank_suffix", _rank_suffix)
     args = password_out_of_overrides(args)  # before Hydra records the command line in .hydra/ and its logs
     sys.argv = [sys.argv[0], *args]
 
@@ -149,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, ValueError) and str(exc).startswith("Only one of --run, --multirun"):
             return _report(exc)  # Hydra's own flag check (e.g. -m with --cfg): say it in one line
+        if from_scheduler(exc):
+            return _report(OracleKDError(f"a SLURM job ended without its result ({_job_state(exc)}); relaunch the "
+                                         "same command: finished runs are skipped and the others resume from last.pt"),
+                           exc)
         if not isinstance(exc, HydraException):
             raise
         return _report(exc)
@@ -157,6 +160,22 @@ def main(argv: list[str] | None = None) -> int:
 
         GlobalHydra.instance().clear()
     return 0
+
+
+def _job_state(exc: BaseException) -> str:
+    """`job 12_3, state FAILED` from submitit's several-line message, else the message's gist."""
+    import re
+
+    m = re.search(r"Job (\S+) .*?\(state: (\w+)\)", str(exc), re.S)
+    return f"job {m.group(1)}, state {m.group(2)}" if m else reason(exc)
+
+
+def _rank_suffix() -> str:
+    """`-rank<r>` for DDP ranks > 0: torchrun's RANK, or under SLURM (submitit's tasks_per_node, before the
+    engine derives RANK) the task's SLURM_PROCID."""
+    rank = os.environ.get("RANK") or (os.environ.get("SLURM_PROCID", "0") if os.environ.get("SLURM_NTASKS", "1") != "1"
+                                      else "0")
+    return "" if rank == "0" else f"-rank{rank}"
 
 
 def entry() -> None:

@@ -52,6 +52,14 @@ def reason(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def from_scheduler(exc: BaseException) -> bool:
+    """submitit's UncompletedJobError: raised in a SLURM job that reached its time limit and may not be requeued
+    again, and by the launcher for a job that died without a result (killed, out of memory). The run is
+    interrupted, not failed (relaunching resumes it), and the error is told in one line. Matched by name so
+    that submitit is not imported."""
+    return type(exc).__name__ == "UncompletedJobError" and type(exc).__module__.split(".")[0] == "submitit"
+
+
 _OS_ADVICE = {
     errno.ENOSPC: "the disk is full; free space there and relaunch (finished runs and last checkpoints are intact)",
     errno.EDQUOT: "the disk quota is exceeded; free space there and relaunch (finished runs and last checkpoints "

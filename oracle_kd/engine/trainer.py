@@ -32,7 +32,7 @@ from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.teacher import build_teacher, identify, needs_teacher, teacher_run_config
-from oracle_kd.errors import ConfigError, OracleKDError, StoreError, TrainingError, reason
+from oracle_kd.errors import ConfigError, OracleKDError, StoreError, TrainingError, from_scheduler, reason
 from oracle_kd.methods import Distiller, build_distiller
 from oracle_kd.models import build_model
 from oracle_kd.store import record
@@ -514,7 +514,7 @@ def run_cohort(rcs: list[RunConfig], announce: str | None = None) -> list[dict[s
             try:
                 results.update(zip((j.rid for j in pending), Trainer(pending, env, device_name).fit()))
             except Exception as exc:  # a data/device/config error: the runs are failed, not merely unfinished
-                if env.is_main and not isinstance(exc, (StoreError, OSError)):
+                if env.is_main and not isinstance(exc, (StoreError, OSError)) and not from_scheduler(exc):
                     line = str(exc) if isinstance(exc, OracleKDError) else reason(exc)
                     for job in pending:
                         if job.folder.is_dir() and not (job.folder / record.RESULT).exists():

@@ -434,3 +434,30 @@ def test_a_run_that_fails_on_a_data_error_is_listed_as_failed(tmp_path, capsys):
     assert main([f"store={store}", "task=tables", f"results_dir={tmp_path / 'res'}"]) == 0
     out = capsys.readouterr()
     assert f"{folder}: failed: cannot decode image" in out.out + out.err
+
+
+def test_a_run_stopped_by_the_schedulers_time_limit_is_unfinished_not_failed(tmp_path, monkeypatch, capsys):
+    """submitit raises its UncompletedJobError inside training when a SLURM job reaches its time limit and may not
+    be requeued again: the run keeps its last.pt, writes no failure.json, and a relaunch resumes it."""
+    from submitit.core.utils import UncompletedJobError
+
+    from oracle_kd.engine import trainer
+
+    save = trainer.Member.save_epoch
+
+    def time_limit_after_epoch_1(self, row):
+        save(self, row)
+        raise UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    store = tmp_path / "runs"
+    monkeypatch.setattr(trainer.Member, "save_epoch", time_limit_after_epoch_1)
+    assert launch(store, *CE) == 2
+    assert "error: a SLURM job ended without its result (UncompletedJobError: Job not requeued" in \
+        capsys.readouterr().err
+    monkeypatch.setattr(trainer.Member, "save_epoch", save)
+    folder = folder_of(store, "ce")
+    assert (folder / "last.pt").exists() and not (folder / "failure.json").exists()
+    assert main([f"store={store}", *CE, "task=plan"]) == 0
+    assert "plan: resumable after epoch 1 " in capsys.readouterr().out
+    assert launch(store, *CE) == 0
+    assert json.loads((folder / "result.json").read_text())["epochs"] == 2

@@ -159,7 +159,7 @@ def test_a_retried_student_trial_resumes_its_run_from_last_pt(store, tmp_path):
     driver.write_text(BLOCKING_SECOND_EPOCH)
     proc = subprocess.Popen([sys.executable, str(driver), str(marker), *args, f"hydra.run.dir={tmp_path / 'h'}"],
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not marker.exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "too slow"
         time.sleep(0.05)
