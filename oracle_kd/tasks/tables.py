@@ -515,10 +515,23 @@ def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: s
     return tables
 
 
+def _method_labels(df: pd.DataFrame) -> pd.Series:
+    """The method's name, plus `key=value` for each of its options that takes several values in `df`."""
+    labels = df["method"].astype(str).copy()
+    for name, runs in df.groupby("method", sort=False):
+        varying = [c for c in runs.columns if c.startswith("method.") and runs[c].astype(str).nunique() > 1]
+        for c in varying:
+            labels[runs.index] += " " + c.removeprefix("method.") + "=" + runs[c].map(lambda v: f"{v:g}" if
+                                                                                    isinstance(v, float) else str(v))
+    return labels
+
+
 def summary_text(df: pd.DataFrame, metric: str) -> str:
-    """A compact console table: mean ± std over seeds per dataset/teacher/student/method."""
+    """A compact console table: mean ± std over seeds per dataset/teacher/student/method, a method's runs split by
+    the options that differ among them (e.g. `oracle gamma=0.1`, `oracle gamma=2`), never pooled."""
     if df.empty:
         return "no finished runs"
+    df = df.assign(method=_method_labels(df))
     stats = _agg(df, ["dataset", "teacher", "student", "method"], metric)
     stats = _order(stats)
     stats[_metric_label(metric)] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(stats["mean"], stats["std"])]

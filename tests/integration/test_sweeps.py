@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SWEEP = ["--config-dir", str(ROOT / "sweeps"), "--config-name"]
 # Hydra composes each job twice (~0.2 s each), so the big grids are cut down by one override here;
 # every method and dataset of them still composes in one of the cases.
-PRESETS = [("quick", [], 7), ("demo", [], 21), ("teachers", [], 8), ("table4", ["dataset=cifar100"], 24),
+PRESETS = [("quick", [], 7), ("demo", [], 30), ("teachers", [], 8), ("table4", ["dataset=cifar100"], 24),
            ("fig5_pairs", ["method=oracle_paper"], 16), ("gamma_grid", [], 12), ("table5", [], 24)]
 
 
@@ -30,6 +30,19 @@ def test_every_preset_composes_and_validates_every_job(preset, extra, jobs, tmp_
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan: ")]
     assert len(lines) == jobs
     assert all(" new " in line for line in lines)
+
+
+@pytest.mark.parametrize("arm, plain", [("oracle_0.1", ["method=oracle", "method.gamma=0.1"]), ("dkd", ["method=dkd"]),
+                                       ("oracle_0.5", ["method=oracle"])])
+def test_a_demo_arm_is_the_same_run_as_its_plain_overrides(arm, plain, tmp_path, capsys):
+    """sweeps/arm/ options only bundle a method with its options: the run (its run_id) is the one the plain
+    overrides give, so arms and ordinary sweeps share their finished runs."""
+    ids = []
+    for args in ([f"+arm={arm}"], plain):
+        assert main([*SWEEP, "demo", f"store={tmp_path}/runs", "task=plan", "seed=0", *args]) == 0
+        (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("plan: ")]
+        ids.append(line.split()[2])
+    assert ids[0] == ids[1]
 
 
 def test_seeds_extend_a_preset_grid(tmp_path, capsys):

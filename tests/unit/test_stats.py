@@ -52,3 +52,17 @@ def test_significance_marks_each_row_against_the_cells_best():
     assert out.loc[("b", "oracle"), "verdict"] == "n=1, no test" and math.isnan(out.loc[("b", "oracle"), "ci95"])
     md = to_markdown(out.reset_index(), "t")
     assert "| a | **oracle** |" in md and "| a | kd |" in md
+
+
+def test_the_console_summary_splits_a_method_by_its_varying_options_never_pools_them():
+    from oracle_kd.tasks.tables import summary_text
+
+    runs = pd.DataFrame([
+        {"dataset": "digits", "teacher": "resnet20", "student": "resnet8", "method": m, "method.gamma": g,
+         "method.alpha": 1.0, "best_top1": acc}
+        for m, g, acc in [("kd", None, 96.0), ("kd", None, 96.5), ("oracle", 0.1, 97.0), ("oracle", 0.1, 96.0),
+                          ("oracle", 2.0, 98.0), ("oracle", 2.0, 97.0)]])
+    lines = summary_text(runs, "best").splitlines()
+    rows = {" ".join(ln.split()[3:-4]): ln.split()[-4:] for ln in lines[1:]}
+    assert rows == {"kd": ["2", "96.25", "±", "0.35"], "oracle gamma=0.1": ["2", "96.50", "±", "0.71"],
+                    "oracle gamma=2": ["2", "97.50", "±", "0.71"]}  # alpha is the same everywhere: not shown
