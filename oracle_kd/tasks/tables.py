@@ -34,7 +34,7 @@ ARCH_ORDER = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet
               "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
               "resnet18c", "resnet50c", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet18", "resnet34",
               "resnet50", "resnet101"]
-METHOD_ORDER = ["teacher", "student", "ce", "dkd", "at", "fitnet", "kd", "sad", "oracle"]
+METHOD_ORDER = ["teacher", "student", "ce", "dkd", "at", "fitnet", "sp", "kd", "sad", "oracle"]
 LARGE_DATASETS = ("tiny_imagenet", "imagenet")
 
 

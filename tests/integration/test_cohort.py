@@ -24,7 +24,7 @@ from oracle_kd.models import build_model
 BASE = ["dataset=digits", "teacher=resnet8", "student=resnet8", "train=quick", "train.epochs=2",
         "train.milestones=[1]", "progress=false", "hardware=cpu", "hardware.threads=1"]
 MEMBERS = [["method=ce"], ["method=kd"], ["method=dkd"], ["method=at"], ["method=fitnet"], ["method=sad"],
-           ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"]]
+           ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"], ["method=sp"]]
 
 
 SOME = [MEMBERS[i] for i in (1, 5, 6, 7)]  # kd, sad, oracle γ=0.2 and 0.5: the faults need not all eight
@@ -63,10 +63,10 @@ def solo(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_a_cohort_gives_every_member_its_solo_records(solo, tmp_path):
     results = run_cohort(configs(tmp_path))
-    assert snapshot(tmp_path) == solo and len(solo) == 8
-    # the ce member is the oracle/kd members' auto teacher: trained first, alone; the other 7 together
-    assert sorted(r["cohort"]["size"] for r in results) == [1] + [7] * 7
-    shares = [r["cohort"]["time_share"] for r in results if r["cohort"]["size"] == 7]
+    assert snapshot(tmp_path) == solo and len(solo) == 9
+    # the ce member is the oracle/kd members' auto teacher: trained first, alone; the other 8 together
+    assert sorted(r["cohort"]["size"] for r in results) == [1] + [8] * 8
+    shares = [r["cohort"]["time_share"] for r in results if r["cohort"]["size"] == 8]
     assert all(0 < s < 1 for s in shares) and sum(shares) == pytest.approx(1.0, abs=0.02)
 
 

@@ -1,0 +1,65 @@
+"""Similarity-Preserving KD (Tung & Mori, ICCV 2019), following mdistiller's `SP`.
+
+Inputs that the teacher finds alike should be alike to the student: per batch, each network's B×B similarity
+matrix G = Q·Qᵀ (Q: the last stage's map of each image, flattened), each row L2-normalised, and the student
+matches the teacher's rows. G is B×B whatever the maps' channels and sizes, so any teacher fits any student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from oracle_kd.core.teacher_view import TeacherOut
+from oracle_kd.errors import require
+from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.registry import register_method
+
+
+@dataclass
+class SPConfig(MethodConfig):
+    """L = ce_weight·CE + beta·Σ_maps ‖Ĝ_s − Ĝ_t‖_F² / B², Ĝ = row-normalised Q·Qᵀ (the paper's γ is `beta`)."""
+
+    name: str = "sp"
+    beta: float = 3000.0
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.beta >= 0, "method.beta", self.beta, "must be >= 0")
+
+
+def similarity(f: torch.Tensor) -> torch.Tensor:
+    """Ĝ: the (B, B) Gram matrix of the flattened maps, each row scaled to unit L2 norm, in fp32."""
+    q = f.float().flatten(1)
+    return F.normalize(q @ q.t(), dim=1)
+
+
+def sp_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ over paired maps of ‖Ĝ_s − Ĝ_t‖_F² / B² (B: the batch size)."""
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(f"SP needs the same, non-zero number of student and teacher maps, "
+                         f"got {len(student_feats)} and {len(teacher_feats)}")
+    total = torch.zeros((), device=student_feats[0].device)
+    for f_s, f_t in zip(student_feats, teacher_feats):
+        b = f_s.shape[0]
+        total = total + (similarity(f_s) - similarity(f_t)).pow(2).sum() / (b * b)
+    return total
+
+
+@register_method("sp", SPConfig)
+class SP(Distiller):
+    """Feature distillation on the batch similarities of the last stage's output (`Features.stages[-1]`)."""
+
+    cfg: SPConfig
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, t_feats = self.teacher_out(x, y, teacher_out)
+        s_logits, s_feats = self.student(x)
+        return s_logits, {
+            "ce": self.ce_loss(s_logits, y),
+            "sp": self.cfg.beta * sp_loss(s_feats.stages[-1:], t_feats.stages[-1:]),
+        }
