@@ -21,3 +21,23 @@ def tiny_net():
         return TinyNet(num_classes, in_channels)
 
     return make
+
+
+REAL_SERVERS = {"SLURM cluster": lambda nodeid: "test_slurm.py" in nodeid,
+                "PostgreSQL server": lambda nodeid: "test_postgres.py" in nodeid or "[postgresql" in nodeid}
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line saying whether the tests against real servers ran (passed) or were skipped: a quiet run
+    lists only skips, and CI must show that the SLURM and PostgreSQL tests did run."""
+    parts = []
+    for name, match in REAL_SERVERS.items():
+        outcomes = {}
+        for outcome in ("passed", "failed", "error", "skipped"):
+            ids = {r.nodeid for r in terminalreporter.stats.get(outcome, []) if match(getattr(r, "nodeid", ""))}
+            if ids:
+                outcomes[outcome] = len(ids)
+        if outcomes:
+            parts.append(f"{name}: " + ", ".join(f"{n} {o}" for o, n in outcomes.items()))
+    if parts:
+        terminalreporter.write_line("real servers — " + "; ".join(parts))

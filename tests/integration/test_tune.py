@@ -102,6 +102,22 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def kill_when_blocked(driver_source: str, args: list[str], tmp_path: Path, timeout: float = 300) -> None:
+    """Run `task=tune` through a driver script that blocks at one point (it touches a marker file there), and
+    kill -9 the worker once it is there: what a node failure or the OOM killer does."""
+    driver, marker = tmp_path / "driver.py", tmp_path / "blocked"
+    driver.write_text(driver_source)
+    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *args, f"hydra.run.dir={tmp_path / 'h'}"],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read()  # it ended before reaching the point to kill it at
+        assert time.monotonic() < deadline, "too slow"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request, tmp_path) -> str:
     """A fresh, empty database URL: SQLite in tmp_path, or a new database on the session's PostgreSQL server."""
@@ -114,17 +130,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_not_left_running(store, tm
     db = database
     args = [f"store={store}", *BASE, "task=tune", "tune.n_trials=1", f"tune.storage={db}",
             "tune.heartbeat_interval=1", "tune.grace_period=2"]
-    driver, marker = tmp_path / "blocking_trial.py", tmp_path / "in_trial"
-    driver.write_text(BLOCKING_TRIAL)
-    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *args, f"hydra.run.dir={tmp_path / 'h'}"],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()  # it ended before reaching the point to kill it at
-        assert time.monotonic() < deadline, "too slow"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    kill_when_blocked(BLOCKING_TRIAL, args, tmp_path)
     (killed,) = only_study(db).trials
     assert killed.state == optuna.trial.TrialState.RUNNING  # what a kill -9 leaves behind
     time.sleep(2.5)  # past the grace period
@@ -159,17 +165,7 @@ def test_a_retried_student_trial_resumes_its_run_from_last_pt(store, tmp_path):
     args = [f"store={store}", *BASE, "task=tune", "student=resnet8", "tune.objective=student_acc",
             "tune.student_epochs=2", "tune.n_trials=1", f"tune.storage={db}", "tune.heartbeat_interval=1",
             "tune.grace_period=2"]
-    driver, marker = tmp_path / "blocking_epoch.py", tmp_path / "in_epoch_2"
-    driver.write_text(BLOCKING_SECOND_EPOCH)
-    proc = subprocess.Popen([sys.executable, str(driver), str(marker), *args, f"hydra.run.dir={tmp_path / 'h'}"],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not marker.exists():
-        assert proc.poll() is None, proc.stderr.read()  # it ended before reaching the point to kill it at
-        assert time.monotonic() < deadline, "too slow"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
+    kill_when_blocked(BLOCKING_SECOND_EPOCH, args, tmp_path)
     (killed,) = only_study(db).trials
     folder = Path(killed.user_attrs["run_folder"])
     epoch_1 = (folder / "metrics.jsonl").read_text()
