@@ -41,7 +41,8 @@ class CohortLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = sweep_configs(self.hydra_context, self.config, job_overrides, range(initial_job_idx, 1 << 62))
+        numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+        configs = sweep_configs(self.hydra_context, self.config, job_overrides, numbers)
         return run_as_cohorts(self.hydra_context, self.config, self.task_function, configs, job_overrides,
                               self.max_members)
 
