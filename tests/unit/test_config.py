@@ -61,3 +61,11 @@ def test_help_lists_user_options_only() -> None:
         assert option in text
     for task in ("train", "plan", "tables", "analyze", "tune", "bench"):
         assert f"  {task} " in text
+
+
+def test_the_ked_papers_kd_baseline_is_a_preset_of_kd() -> None:
+    """(1 − λ)·CE + λ·T²·KL with λ = 0.7 and T = 10 is KD with ce_weight 0.3, alpha 0.7, temperature 10."""
+    from oracle_kd.cli import compose
+
+    m = compose(["method=kd_ked"]).method
+    assert (m.name, m.ce_weight, m.alpha, m.temperature) == ("kd", 0.3, 0.7, 10.0)
