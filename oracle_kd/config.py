@@ -36,7 +36,9 @@ LOGGERS = ("none", "tensorboard")  # per-epoch curves of each run: <run folder>/
 @dataclass
 class DatasetConfig:
     """Which data and the train-time augmentation. `root` is where on-disk datasets live (not identity);
-    `download` fetches, verifies and extracts CIFAR-10/100 or Tiny-ImageNet into it when missing (not identity)."""
+    `download` fetches, verifies and extracts CIFAR-10/100 or Tiny-ImageNet into it when missing (not identity).
+    `train_size` keeps a stratified subset of the training split (scarce-data runs; data/subset.py); the test
+    split is never cut."""
 
     name: str = "digits"
     root: str = "data"
@@ -45,6 +47,7 @@ class DatasetConfig:
     test_fraction: float = 0.25  # digits only: the fixed held-out share
     workers: int = 4  # folder datasets (Tiny-ImageNet, ImageNet): DataLoader worker processes
     download: bool = False
+    train_size: int = 0  # a stratified subset of this many training samples, drawn by the run seed; 0 = all
 
 
 @dataclass
@@ -71,7 +74,9 @@ class StudentConfig:
 @dataclass
 class TrainConfig:
     """SGD with momentum and a multi-step learning-rate schedule (the paper's recipe), with an optional linear
-    warm-up (the paper's recipe has none; He et al. warm up ResNet110, and very deep nets on tiny data need it)."""
+    warm-up (the paper's recipe has none; He et al. warm up ResNet110, and very deep nets on tiny data need it).
+    `chimeric_epochs` > 0: after the main epochs a KED/KD student goes on for that many epochs over
+    `chimeric_size` synthetic (chimeric) samples; 0 = no chimeric phase."""
 
     epochs: int = 240
     batch_size: int = 64
@@ -84,6 +89,8 @@ class TrainConfig:
     lr_decay: float = 0.1
     warmup_epochs: int = 0
     drop_last: bool = False
+    chimeric_epochs: int = 0
+    chimeric_size: int = 0
 
 
 @dataclass
@@ -224,6 +231,10 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     require(0 < t.lr_decay <= 1, f"{prefix}.lr_decay", t.lr_decay, "must be in (0, 1]")
     require(t.warmup_epochs >= 0, f"{prefix}.warmup_epochs", t.warmup_epochs, "must be >= 0")
     require(all(m >= 1 for m in t.milestones), f"{prefix}.milestones", t.milestones, "must be epochs >= 1")
+    require(t.chimeric_epochs >= 0, f"{prefix}.chimeric_epochs", t.chimeric_epochs, "must be >= 0")
+    require(t.chimeric_size >= 0, f"{prefix}.chimeric_size", t.chimeric_size, "must be >= 0")
+    require(t.chimeric_epochs == 0 or t.chimeric_size > 0, f"{prefix}.chimeric_size", t.chimeric_size,
+            f"must be > 0 when {prefix}.chimeric_epochs={t.chimeric_epochs} (the synthetic samples of the chimeric phase)")
 
 
 def check_keys(node: DictConfig, cls: type, prefix: str = "") -> None:
@@ -301,6 +312,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     choice("dataset.name", rc.dataset.name, available_datasets())
     require(rc.dataset.crop_pad >= 0, "dataset.crop_pad", rc.dataset.crop_pad, "must be >= 0")
     require(rc.dataset.workers >= 0, "dataset.workers", rc.dataset.workers, "must be >= 0")
+    require(rc.dataset.train_size >= 0, "dataset.train_size", rc.dataset.train_size,
+            "must be >= 0 (0 = the whole training split)")
     choice("student.stem", rc.student.stem, STEMS)
     choice("teacher.stem", rc.teacher.stem, STEMS)
     require(0 < rc.dataset.test_fraction < 1, "dataset.test_fraction", rc.dataset.test_fraction, "must be in (0, 1)")

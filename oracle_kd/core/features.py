@@ -20,8 +20,12 @@ class Features:
     blocks: output of every block, in order (used by SAD); the last is the last stage's output.
     pooled: (B, C), the classifier's input: the global average of the last map the classifier sees (the last
         stage, or a final BN-ReLU / 1x1 head applied to it).
+    branch_logits, branch_maps: superfeature-explaining models only (`sfx*`, KED): each superfeature branch's
+        own logits z^i (B, classes) and its last map before pooling; empty for every other model.
     """
 
     stages: list[torch.Tensor] = field(default_factory=list)
     blocks: list[torch.Tensor] = field(default_factory=list)
     pooled: torch.Tensor | None = None
+    branch_logits: list[torch.Tensor] = field(default_factory=list)
+    branch_maps: list[torch.Tensor] = field(default_factory=list)

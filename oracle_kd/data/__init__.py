@@ -5,7 +5,8 @@ from oracle_kd.data.augment import augment_batch, normalize
 from oracle_kd.data.imagefolder import FolderLoader
 from oracle_kd.data.loader import BatchLoader, build_loader
 from oracle_kd.data.registry import available_datasets, load_dataset
+from oracle_kd.data.subset import train_subset
 from oracle_kd.data.types import DataBundle, FileSet, FolderTransforms, ImageSet
 
 __all__ = ["ImageSet", "FileSet", "FolderTransforms", "DataBundle", "load_dataset", "available_datasets",
-           "BatchLoader", "FolderLoader", "build_loader", "augment_batch", "normalize"]
+           "BatchLoader", "FolderLoader", "build_loader", "augment_batch", "normalize", "train_subset"]

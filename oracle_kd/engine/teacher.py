@@ -29,10 +29,13 @@ needs_teacher = uses_teacher
 
 
 def teacher_run_config(rc: RunConfig) -> RunConfig:
-    """The `ce` run that makes an auto teacher: same dataset, seed and hardware, the teacher's arch."""
+    """The `ce` run that makes an auto teacher: same dataset, seed and hardware, the teacher's arch. A teacher is
+    trained on the whole training split with no chimeric phase: scarce data (`dataset.train_size`) and the
+    chimeric phase are the student's conditions, so every train size shares one teacher."""
     train = rc.train if rc.teacher.train == "same" else load_train_preset(rc.teacher.train)
+    train = dataclasses.replace(train, chimeric_epochs=0, chimeric_size=0)
     return dataclasses.replace(rc, student=StudentConfig(arch=rc.teacher.arch, stem=rc.teacher.stem), method=CEConfig(),
-                               train=train, stop_after_epoch=None)
+                               train=train, dataset=dataclasses.replace(rc.dataset, train_size=0), stop_after_epoch=None)
 
 
 def teacher_identity(rc: RunConfig) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from oracle_kd.config import RunConfig
 from oracle_kd.core.teacher_view import TeacherInput, TeacherOut, teacher_outputs
-from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, load_dataset
+from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, load_dataset, train_subset
 from oracle_kd.engine import distributed
 from oracle_kd.engine.cohort import check_cohort
 from oracle_kd.engine.curves import Curves, open_curves
@@ -87,8 +87,8 @@ class Stream:
     @classmethod
     def open(cls, rc: RunConfig, env: distributed.DistEnv, device_name: str) -> "Stream":
         device = apply_hardware(rc.hardware, device_name)
-        data = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction,
-                            download=rc.dataset.download)
+        data = train_subset(load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction,
+                                         download=rc.dataset.download), rc.dataset.train_size, rc.seed)
         stream = cls(env, device, autocast(device, rc.hardware.precision), data)
         if needs_teacher(rc):
             stream.teacher, stream.teacher_info = obtain_teacher(rc, data, device)

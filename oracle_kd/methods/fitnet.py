@@ -31,12 +31,14 @@ class FitNetConfig(MethodConfig):
         require(self.hint_stage >= 0, "method.hint_stage", self.hint_stage, "must be >= 0")
 
 
-def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int]) -> nn.Sequential:
+def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int],
+                   same_kernel: int = 1) -> nn.Sequential:
     """conv → BN → ReLU from a (C, H, W) student map to the teacher's (C, H, W).
 
     The conv's geometry is the only thing that depends on the sizes: a stride-2 3×3 conv halves, a stride-2
-    4×4 transposed conv doubles, and a valid conv of kernel 1 + s − t trims any other larger map (1×1 when
-    equal). A student map smaller than the teacher's but not half of it has no regressor: ConfigError.
+    4×4 transposed conv doubles, equal sizes take a 'same' conv of `same_kernel` (1×1 as mdistiller; the KED
+    code's 3×3), and a valid conv of kernel 1 + s − t trims any other larger map. A student map smaller than
+    the teacher's but not half of it has no regressor: ConfigError.
     """
     (s_c, s_h, s_w), (t_c, t_h, t_w) = s_shape, t_shape
     conv: nn.Module
@@ -44,6 +46,8 @@ def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int])
         conv = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
     elif (2 * s_h, 2 * s_w) == (t_h, t_w):
         conv = nn.ConvTranspose2d(s_c, t_c, kernel_size=4, stride=2, padding=1)
+    elif (s_h, s_w) == (t_h, t_w):
+        conv = nn.Conv2d(s_c, t_c, kernel_size=same_kernel, padding=same_kernel // 2)
     else:
         require(s_h >= t_h and s_w >= t_w, "method.hint_stage", f"{s_h}x{s_w}->{t_h}x{t_w}",
                  "needs a student map at least as large as the teacher's, or half of it")

@@ -5,6 +5,7 @@ from oracle_kd.models import cifar_resnet as _cifar_resnet  # noqa: F401  (regis
 from oracle_kd.models import mobilenetv2 as _mobilenetv2  # noqa: F401  (registers models)
 from oracle_kd.models import resnet as _resnet  # noqa: F401  (registers models)
 from oracle_kd.models import resnet_c as _resnet_c  # noqa: F401  (registers models)
+from oracle_kd.models import sfx as _sfx  # noqa: F401  (registers models)
 from oracle_kd.models import shufflenet as _shufflenet  # noqa: F401  (registers models)
 from oracle_kd.models import vgg as _vgg  # noqa: F401  (registers models)
 from oracle_kd.models import wrn as _wrn  # noqa: F401  (registers models)

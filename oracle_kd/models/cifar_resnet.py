@@ -2,7 +2,8 @@
 
 Module names follow the released checkpoints (``conv1``, ``bn1``, ``layer{1,2,3}.{i}``, ``fc``,
 ``downsample.{0,1}``) so they load with ``strict=True``. The wide ``x4`` variants follow
-RepDistiller/mdistiller (stem 32, stages 64-128-256), the usual KD teachers.
+RepDistiller/mdistiller (stem 32, stages 64-128-256), the usual KD teachers; the ``x2`` ones (stem 32,
+stages 32-64-128) are the teachers of the KED paper's released code.
 """
 
 from __future__ import annotations
@@ -125,3 +126,5 @@ for _depth in (8, 14, 20, 32, 44, 56, 110):
     _register(f"resnet{_depth}", _depth, (16, 16, 32, 64))
 for _depth in (8, 32):
     _register(f"resnet{_depth}x4", _depth, (32, 64, 128, 256))
+for _depth in (44, 56):  # twice as wide: the KED authors' teachers
+    _register(f"resnet{_depth}x2", _depth, (32, 32, 64, 128))

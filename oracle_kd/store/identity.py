@@ -35,20 +35,36 @@ def uses_teacher(rc: RunConfig) -> bool:
 def semantic_config(rc: RunConfig, teacher_identity: dict[str, Any] | None) -> dict[str, Any]:
     """The part of a RunConfig that defines the run. `teacher_identity` is None for methods without a
     teacher, so a `ce` run is the same run whether launched by hand or as an auto teacher."""
-    dataset = dataclasses.asdict(rc.dataset)
-    dataset.pop("root")
-    dataset.pop("workers")
-    dataset.pop("download")
-    if dataset["name"] != "digits":
-        dataset.pop("test_fraction")
     return {
-        "dataset": dataset,
+        "dataset": dataset_identity(rc.dataset),
         "student": rc.student.arch if rc.student.stem == "auto" else dataclasses.asdict(rc.student),
         "teacher": teacher_identity,
         "method": method_identity(rc.method),
-        "train": dataclasses.asdict(rc.train),
+        "train": train_identity(rc.train),
         "seed": rc.seed,
     }
+
+
+def dataset_identity(dataset: Any) -> dict[str, Any]:
+    """The dataset options that change the numbers: not where it lives or how it is read. `train_size`, added
+    after runs were stored, enters only when set, so every full-data run keeps its run_id."""
+    out = dataclasses.asdict(dataset)
+    for key in ("root", "workers", "download"):
+        out.pop(key)
+    if out["name"] != "digits":
+        out.pop("test_fraction")
+    if not out["train_size"]:
+        out.pop("train_size")
+    return out
+
+
+def train_identity(train: Any) -> dict[str, Any]:
+    """The recipe; the chimeric phase's options (added later) enter only when it is on (chimeric_epochs > 0)."""
+    out = dataclasses.asdict(train)
+    if not out["chimeric_epochs"]:
+        out.pop("chimeric_epochs")
+        out.pop("chimeric_size")
+    return out
 
 
 def method_identity(method: Any) -> dict[str, Any]:

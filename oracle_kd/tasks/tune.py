@@ -34,7 +34,7 @@ from oracle_kd.engine.trainer import run
 from oracle_kd.errors import ConfigError, choice, mask_credentials, require
 from oracle_kd.methods.oracle import OracleConfig
 from oracle_kd.store import record, study_storage
-from oracle_kd.store.identity import content_hash
+from oracle_kd.store.identity import content_hash, train_identity
 from oracle_kd.store.io import atomic_write_bytes, atomic_write_json, figure_png, read_metrics
 from oracle_kd.tasks.registry import register_task
 
@@ -106,7 +106,7 @@ def study_settings(rc: RunConfig, identity: dict[str, Any]) -> dict[str, Any]:
                  temperature=a.temperature if t.representation == "softmax" else None)
     else:
         s.update(student=rc.student.arch, method=dataclasses.asdict(_student_method(rc, 0.0)) | {"gamma": None},
-                 train=dataclasses.asdict(rc.train) | {"epochs": t.student_epochs})
+                 train=train_identity(rc.train) | {"epochs": t.student_epochs})
     return s
 
 

@@ -23,7 +23,7 @@ def error_line(capsys, argv, tmp_path) -> str:
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["method=oracel"], "unknown method 'oracel'; choose one of: at, ce, dkd, dkd_crd, fitnet, kd, kd_ked, oracle,"),
+    (["method=oracel"], "unknown method 'oracel'; choose one of: at, ce, dkd, dkd_crd, fitnet, kd, kd_ked, ked, oracle,"),
     (["student=resnet21"], "unknown student 'resnet21'; choose one of:"),
     (["teacher=vgg"], "unknown teacher 'vgg'; choose one of:"),
     (["dataset=mnist"], "unknown dataset 'mnist'; choose one of: cifar10, cifar100, digits"),
