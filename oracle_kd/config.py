@@ -91,6 +91,12 @@ class TrainConfig:
     drop_last: bool = False
     chimeric_epochs: int = 0
     chimeric_size: int = 0
+    chimeric_lr: float = 0.0  # the chimeric phase's learning rate; 0 = go on at the schedule's last rate
+
+    @property
+    def total_epochs(self) -> int:
+        """The main epochs plus the chimeric phase's: where a run is finished."""
+        return self.epochs + self.chimeric_epochs
 
 
 @dataclass
@@ -233,6 +239,7 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     require(all(m >= 1 for m in t.milestones), f"{prefix}.milestones", t.milestones, "must be epochs >= 1")
     require(t.chimeric_epochs >= 0, f"{prefix}.chimeric_epochs", t.chimeric_epochs, "must be >= 0")
     require(t.chimeric_size >= 0, f"{prefix}.chimeric_size", t.chimeric_size, "must be >= 0")
+    require(t.chimeric_lr >= 0, f"{prefix}.chimeric_lr", t.chimeric_lr, "must be >= 0 (0 = the schedule's last rate)")
     require(t.chimeric_epochs == 0 or t.chimeric_size > 0, f"{prefix}.chimeric_size", t.chimeric_size,
             f"must be > 0 when {prefix}.chimeric_epochs={t.chimeric_epochs} (the synthetic samples of the chimeric phase)")
 

@@ -119,9 +119,10 @@ def louvain_search(w: Tensor, groups: int, resolution: float = 1.0, step: float 
     """The partition of W's nodes into exactly `groups` Louvain communities, and the resolution that gave it.
 
     From `resolution`, the resolution moves by −step when Louvain finds too many communities and +step when
-    too few, for at most `max_tries` resolutions. Louvain with a fixed seed is deterministic, so returning
-    to a resolution already tried means the search cycles; it stops there rather than spend the rest of
-    max_tries. Raises ConfigError (one line) when no resolution gives exactly `groups`."""
+    too few (the released code's search), for at most `max_tries` resolutions. Louvain with a fixed seed is
+    deterministic, so coming back to a resolution already tried means the count jumps over `groups` between
+    two neighbours; where the released code would give up, the step is halved there (a bisection of that
+    bracket) down to step/64. Raises ConfigError (one line) when no resolution gives exactly `groups`."""
     require(w.dim() == 2 and w.shape[0] == w.shape[1], "superfeatures.affinity.shape", tuple(w.shape), "must be (d, d)")
     d = w.shape[0]
     require(1 <= groups <= d, "superfeatures.groups", groups, f"must be in [1, {d}] (the number of features)")
@@ -135,24 +136,29 @@ def louvain_search(w: Tensor, groups: int, resolution: float = 1.0, step: float 
     from networkx.algorithms.community import louvain_communities
 
     g = _graph(w)
-    found: dict[int, int] = {}  # k -> number of communities at resolution + k·step
-    k = 0
-    while len(found) < max_tries and k not in found:
-        r = resolution + k * step
+    found: dict[int, int] = {}  # k -> number of communities at resolution + k·unit
+    unit = step / 64  # the finest step: resolutions are whole multiples of it, so revisits are exact
+    k, stride, why = 0, 64, "max_tries reached"
+    while len(found) < max_tries:
+        r = resolution + k * unit
         if r <= 0:
+            why = "the resolution would reach 0"
             break
         communities = louvain_communities(g, weight="weight", resolution=r, seed=seed)
         found[k] = len(communities)
         if found[k] == groups:
             return _canonical(communities), r
-        k += -1 if found[k] > groups else 1
+        direction = -1 if found[k] > groups else 1
+        while k + direction * stride in found and stride > 1:
+            stride //= 2  # the count jumps over `groups` within this bracket: look between
+        if k + direction * stride in found:
+            why = f"the count jumps over {groups} between neighbouring resolutions"
+            break
+        k += direction * stride
     counts = " or ".join(str(c) for c in sorted(set(found.values())))
-    lo, hi = resolution + min(found) * step, resolution + max(found) * step
-    why = ("the search cycles" if k in found else "the resolution would reach 0" if len(found) < max_tries
-           else "max_tries reached")
+    lo, hi = resolution + min(found) * unit, resolution + max(found) * unit
     raise ConfigError(f"superfeatures: Louvain found {counts} communities, never exactly {groups}, in {len(found)} "
-                      f"resolutions from {lo:.2f} to {hi:.2f} ({why}); ask for another number of groups, or change "
-                      f"the step or max_tries")
+                      f"resolutions from {lo:.4f} to {hi:.4f} ({why}); ask for another number of groups")
 
 
 def louvain_partition(w: Tensor, groups: int, resolution: float = 1.0, step: float = 0.01, max_tries: int = 100,

@@ -9,6 +9,7 @@ under DDP every rank runs the same Trainer on its shard of each global batch and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -23,18 +24,26 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle_kd.config import RunConfig
-from oracle_kd.core.teacher_view import TeacherInput, TeacherOut, teacher_outputs
-from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, build_loader, load_dataset, train_subset
+from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
+from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, ImageSet, build_loader, load_dataset, train_subset
 from oracle_kd.engine import distributed
 from oracle_kd.engine.cohort import check_cohort
 from oracle_kd.engine.curves import Curves, open_curves
 from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
-from oracle_kd.engine.teacher import build_teacher, identify, needs_teacher, teacher_run_config
+from oracle_kd.engine.superfeatures import chimeric_set, obtain_superfeatures
+from oracle_kd.engine.teacher import (
+    build_run_model,
+    build_teacher,
+    identify,
+    needs_superfeatures,
+    needs_teacher,
+    superfeature_source_config,
+    teacher_run_config,
+)
 from oracle_kd.errors import ConfigError, OracleKDError, StoreError, TrainingError, from_scheduler, reason
 from oracle_kd.methods import Distiller, build_distiller
-from oracle_kd.models import build_model
 from oracle_kd.store import record
 from oracle_kd.store.io import (
     append_metrics,
@@ -52,7 +61,8 @@ Loader = BatchLoader | FolderLoader
 
 
 # ----------------------------------------------------------------------------- what runs could share
-def obtain_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+def obtain_teacher(rc: RunConfig, data: DataBundle, device: torch.device,
+                   superfeatures: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher, loaded from the store (training it first if missing) or from a checkpoint file."""
     tresult = None
     if rc.teacher.checkpoint == "auto":
@@ -63,7 +73,7 @@ def obtain_teacher(rc: RunConfig, data: DataBundle, device: torch.device) -> tup
         path, source = tdir / record.MODEL, f"run {trid}"
     else:
         path, source = Path(rc.teacher.checkpoint), rc.teacher.checkpoint
-    teacher = build_teacher(rc, data, device, path, source)
+    teacher = build_teacher(rc, data, device, path, source, superfeatures)
     info = {"arch": rc.teacher.arch, "source": source,
             "train_best_top1": tresult["best_top1"] if tresult else None}
     return teacher, info
@@ -83,15 +93,23 @@ class Stream:
     train_loader: Loader | None = None
     loader_kw: dict[str, Any] = field(default_factory=dict)
     test_loaders: dict[int, Loader] = field(default_factory=dict)
+    superfeatures: dict[str, Any] | None = None  # input superfeatures (partition, log prior) of sfx MLP runs
+    chimeric_loader: Loader | None = None  # the chimeric phase's samples, labelled by the teacher per batch
 
     @classmethod
     def open(cls, rc: RunConfig, env: distributed.DistEnv, device_name: str) -> "Stream":
         device = apply_hardware(rc.hardware, device_name)
-        data = train_subset(load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction,
-                                         download=rc.dataset.download), rc.dataset.train_size, rc.seed)
+        full = load_dataset(rc.dataset.name, rc.dataset.root, test_fraction=rc.dataset.test_fraction,
+                            download=rc.dataset.download)
+        data = train_subset(full, rc.dataset.train_size, rc.seed)
         stream = cls(env, device, autocast(device, rc.hardware.precision), data)
+        if needs_superfeatures(rc):  # from the ordinary teacher, trained first if missing, on the whole split
+            src = superfeature_source_config(rc)
+            run(src, announce=f"the ordinary teacher {src.student.arch}, which defines the input superfeatures, is "
+                              f"not in the store: training it first (run {identify(src)[1]})")
+            stream.superfeatures = obtain_superfeatures(rc, full, device)
         if needs_teacher(rc):
-            stream.teacher, stream.teacher_info = obtain_teacher(rc, data, device)
+            stream.teacher, stream.teacher_info = obtain_teacher(rc, data, device, stream.superfeatures)
         return stream
 
     def open_loaders(self, rc: RunConfig) -> None:
@@ -101,6 +119,18 @@ class Stream:
         t = rc.train
         self.train_loader = build_loader(self.data, "train", batch_size=t.batch_size, pad=rc.dataset.crop_pad,
                                          flip=rc.dataset.flip, drop_last=t.drop_last, **self.loader_kw)
+        if t.chimeric_epochs > 0:
+            if not isinstance(self.data.train, ImageSet) or self.superfeatures is None:
+                raise ConfigError(f"train.chimeric_epochs needs a dataset held in memory (digits, CIFAR), "
+                                  f"not {rc.dataset.name}")
+            chimeric = chimeric_set(self.data.train, self.superfeatures["partition"], t.chimeric_size, rc.seed)
+            self.chimeric_loader = build_loader(dataclasses.replace(self.data, train=chimeric), "train",
+                                                batch_size=t.batch_size, drop_last=t.drop_last, **self.loader_kw)
+
+    def loader(self, chimeric: bool) -> Loader:
+        loader = self.chimeric_loader if chimeric else self.train_loader
+        assert loader is not None, "open_loaders first"
+        return loader
 
     def test_loader(self, batch_size: int) -> Loader:
         """The in-order test split at a run's eval batch size (one loader per distinct size)."""
@@ -205,11 +235,14 @@ class Member:
         rc = job.rc
         seed_everything(rc.seed)
         data, device = stream.data, stream.device
-        student = prepare_model(build_model(rc.student.arch, data.num_classes, data.in_channels,
-                                            image_size=data.image_size, stem=rc.student.stem), device, rc.hardware)
+        student = prepare_model(build_run_model(rc.student.arch, rc.student.stem, data, stream.superfeatures), device,
+                                rc.hardware)
         input_shape = (data.in_channels, data.image_size, data.image_size)
         teacher = stream.teacher if needs_teacher(rc) else None
         distiller = build_distiller(rc.method, student, teacher, input_shape).to(device)
+        if rc.train.chimeric_epochs > 0 and distiller.teacher_input() is not PLAIN:
+            raise ConfigError(f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain "
+                              f"input, so the method needs one (kd, ked, ...), not {rc.method.name}")
         forward_train = distributed.wrap_for_training(distiller, stream.env, device, sync_bn=rc.hardware.sync_bn)
         optimizer = make_optimizer(distiller.trainable_parameters(), rc.train)
         return cls(job, stream.env.is_main, distiller, forward_train, optimizer)
@@ -226,7 +259,7 @@ class Member:
     @property
     def training(self) -> bool:
         """Epochs left, not stopped by stop_after_epoch, not failed."""
-        return not self.stopped and self.failed is None and self.state.epoch < self.rc.train.epochs
+        return not self.stopped and self.failed is None and self.state.epoch < self.rc.train.total_epochs
 
     def write_config(self) -> None:
         if self.main:
@@ -240,7 +273,7 @@ class Member:
         Returns False when last.pt is unreadable: it is set aside as last.pt.corrupt and the caller builds
         the member afresh (restart from epoch 0). A run whose finished record must be rebuilt (`job.rebuild`)
         is never retrained: without a complete last.pt that is a StoreError."""
-        folder, rid, epochs = self.job.folder, self.job.rid, self.rc.train.epochs
+        folder, rid, epochs = self.job.folder, self.job.rid, self.rc.train.total_epochs
         metrics, ckpt = folder / record.METRICS, folder / record.CHECKPOINT
         if self.job.rebuild and not ckpt.exists():
             raise StoreError(f"run {rid}: {self.job.rebuild}, and there is no last.pt to rebuild it from; "
@@ -337,10 +370,12 @@ class Trainer:
                 fresh.resume(self.stream.device)
                 self.members[i] = fresh
 
-    def epoch(self, epoch: int, group: list[Member], bar: Any) -> tuple[list[EpochMeter], list[float]]:
-        """One epoch of shared batches for `group`; returns each member's meter and its share of the time."""
+    def epoch(self, epoch: int, group: list[Member], bar: Any,
+              chimeric: bool = False) -> tuple[list[EpochMeter], list[float]]:
+        """One epoch of shared batches for `group`; returns each member's meter and its share of the time. In
+        the chimeric phase the batches are chimeric samples, labelled by the teacher's prediction on them."""
         s = self.stream
-        loader = s.train_loader
+        loader = s.loader(chimeric)
         steps = len(loader)
         for m in group:
             set_lr(m.optimizer, lr_at(m.rc.train, epoch))
@@ -353,6 +388,8 @@ class Trainer:
         for step, (x, y) in enumerate(loader.epoch(epoch)):
             global_batch = loader.global_batch_size(step) if s.env.active else None
             outs = s.teacher_outputs(inputs, x, y, global_batch)
+            if chimeric:  # every member's teacher sees the plain input (checked when it was built)
+                y = outs[PLAIN][0].argmax(dim=1)
             for i, m in enumerate(group):
                 t0 = time.perf_counter()
                 m.step(x, y, epoch, (step + 1) / steps, s, global_batch,
@@ -389,7 +426,7 @@ class Trainer:
                "test_top5": m.last_eval["top5"], "test_loss": m.last_eval["loss"], "epoch_time_s": train_time}
         m.save_epoch(row)
         stop = m.rc.stop_after_epoch
-        if stop is not None and stop <= epoch < m.rc.train.epochs:
+        if stop is not None and stop <= epoch < m.rc.train.total_epochs:
             m.stopped = True
             log.info("run %s stopped after epoch %d as asked (stop_after_epoch); relaunch to resume", m.job.rid, epoch)
         return row
@@ -413,7 +450,7 @@ class Trainer:
             method=rc.method.name, student=rc.student.arch, teacher=m.teacher_info["arch"] if m.teacher_info else None,
             seed=rc.seed, best_top1=st.best_top1, best_top5=st.best_top5, best_epoch=st.best_epoch,
             last_top1=m.last_eval["top1"], last_top5=m.last_eval["top5"], last_test_loss=m.last_eval["loss"],
-            epochs=rc.train.epochs, wall_time_s=st.wall_time_s, extra_params=m.distiller.extra_parameter_count(),
+            epochs=rc.train.total_epochs, wall_time_s=st.wall_time_s, extra_params=m.distiller.extra_parameter_count(),
             train_images_per_s=st.train_images / max(st.train_time_s, 1e-9), teacher_info=m.teacher_info,
             semantic=m.job.semantic, config=rc.as_dict(), device=str(s.device), world_size=self.env.world_size,
             sync_bn=rc.hardware.sync_bn if self.env.active else None, torch_version=torch.__version__,
@@ -428,11 +465,15 @@ class Trainer:
         return result
 
     def _bar(self) -> Any:
-        steps = len(self.stream.train_loader)
         rc, n = self.jobs[0].rc, len(self.members)
         desc = f"{self.members[0].label} s{rc.seed}" if n == 1 else f"cohort of {n} on {rc.dataset.name} s{rc.seed}"
-        return tqdm(total=sum(m.rc.train.epochs for m in self.members) * steps,
-                    initial=sum(m.state.epoch for m in self.members) * steps, mininterval=1.0, desc=desc,
+
+        def steps(m: Member, upto: int) -> int:  # steps in epochs 1..upto (the chimeric phase has its own loader)
+            main = min(upto, m.rc.train.epochs)
+            return main * len(self.stream.loader(False)) + (upto - main) * len(self.stream.loader(upto > main))
+
+        return tqdm(total=sum(steps(m, m.rc.train.total_epochs) for m in self.members),
+                    initial=sum(steps(m, m.state.epoch) for m in self.members), mininterval=1.0, desc=desc,
                     disable=not (rc.progress and self.env.is_main), unit="step", dynamic_ncols=True)
 
     def fit(self) -> list[dict[str, Any]]:
@@ -441,15 +482,17 @@ class Trainer:
         self.resume()
         for m in self.members:
             log.info("run %s: %s on %s, seed %d, %d epochs, %s%s%s -> %s", m.job.rid, m.label, m.rc.dataset.name,
-                     m.rc.seed, m.rc.train.epochs, self.stream.device,
+                     m.rc.seed, m.rc.train.total_epochs, self.stream.device,
                      f" x {self.env.world_size} ranks (DDP)" if self.env.active else "",
                      f" (cohort of {len(self.members)})" if len(self.members) > 1 else "", m.job.folder)
         bar = self._bar()
         while any(m.training for m in self.members):
             epoch = min(m.state.epoch for m in self.members if m.training) + 1
             group = [m for m in self.members if m.training and m.state.epoch + 1 == epoch]
+            chimeric = epoch > group[0].rc.train.epochs  # one phase at a time: its members share one loader
+            group = [m for m in group if (epoch > m.rc.train.epochs) == chimeric]
             start = time.perf_counter()
-            meters, shares = self.epoch(epoch, group, bar)
+            meters, shares = self.epoch(epoch, group, bar, chimeric)
             cohort_time = time.perf_counter() - start
             for m, meter, share in zip(group, meters, shares):
                 row = self.evaluate(m, epoch, meter, cohort_time * share, cohort_time)

@@ -2,6 +2,7 @@
 
 from oracle_kd.core.features import Features
 from oracle_kd.models import cifar_resnet as _cifar_resnet  # noqa: F401  (registers models)
+from oracle_kd.models import mlp as _mlp  # noqa: F401  (registers models)
 from oracle_kd.models import mobilenetv2 as _mobilenetv2  # noqa: F401  (registers models)
 from oracle_kd.models import resnet as _resnet  # noqa: F401  (registers models)
 from oracle_kd.models import resnet_c as _resnet_c  # noqa: F401  (registers models)

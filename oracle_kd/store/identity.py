@@ -32,10 +32,13 @@ def uses_teacher(rc: RunConfig) -> bool:
     return method_entry(rc.method.name)[0].needs_teacher
 
 
-def semantic_config(rc: RunConfig, teacher_identity: dict[str, Any] | None) -> dict[str, Any]:
+def semantic_config(rc: RunConfig, teacher_identity: dict[str, Any] | None,
+                    superfeatures: dict[str, Any] | None = None) -> dict[str, Any]:
     """The part of a RunConfig that defines the run. `teacher_identity` is None for methods without a
-    teacher, so a `ce` run is the same run whether launched by hand or as an auto teacher."""
-    return {
+    teacher, so a `ce` run is the same run whether launched by hand or as an auto teacher. `superfeatures`
+    (the identity of an input-superfeature partition) enters only for the runs that use one."""
+    extra = {"superfeatures": superfeatures} if superfeatures is not None else {}
+    return {**extra,
         "dataset": dataset_identity(rc.dataset),
         "student": rc.student.arch if rc.student.stem == "auto" else dataclasses.asdict(rc.student),
         "teacher": teacher_identity,
@@ -62,8 +65,8 @@ def train_identity(train: Any) -> dict[str, Any]:
     """The recipe; the chimeric phase's options (added later) enter only when it is on (chimeric_epochs > 0)."""
     out = dataclasses.asdict(train)
     if not out["chimeric_epochs"]:
-        out.pop("chimeric_epochs")
-        out.pop("chimeric_size")
+        for key in ("chimeric_epochs", "chimeric_size", "chimeric_lr"):
+            out.pop(key)
     return out
 
 

@@ -34,7 +34,8 @@ def test_every_model_returns_logits_and_features(arch: str, shape: tuple[int, in
     logits, feats = model(torch.randn(2, *shape))
     assert isinstance(feats, Features) and model.num_classes == CLASSES
     assert logits.shape == (2, CLASSES) and torch.isfinite(logits).all()
-    assert len(feats.stages) >= 4 and len(feats.blocks) >= len(feats.stages) - 1
+    # an MLP has the input and one stage per hidden layer (2); every CNN a stem and at least 3 stages
+    assert len(feats.stages) >= (3 if "mlp" in arch else 4) and len(feats.blocks) >= len(feats.stages) - 1
     assert all(f.dim() == 4 and f.shape[0] == 2 for f in [*feats.stages, *feats.blocks])
     assert feats.blocks[-1] is feats.stages[-1]  # the last stage ends with its last block
     assert feats.pooled.dim() == 2 and feats.pooled.shape[0] == 2  # the classifier's input

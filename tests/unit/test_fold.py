@@ -15,7 +15,7 @@ from oracle_kd.models.fold import fold_batchnorm
 def _trained_like(arch: str, classes: int = 10) -> nn.Module:
     """A model whose BN layers carry non-trivial statistics and affine parameters, as a trained one would."""
     torch.manual_seed(0)
-    model = build_model(arch, classes, 3)
+    model = build_model(arch, classes, 3, **({"image_size": 16} if "mlp" in arch else {}))  # an MLP's input size is fixed
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
