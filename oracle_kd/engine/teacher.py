@@ -22,8 +22,8 @@ from oracle_kd.engine.weights import load_weights, read_state_dict
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods.ce import CEConfig
 from oracle_kd.models import build_model, model_options
-from oracle_kd.models.mlp import INPUT_SUPERFEATURES, PLAIN_OF
-from oracle_kd.models.sfx import GROUPS
+from oracle_kd.models.mlp import INPUT_SUPERFEATURES
+from oracle_kd.models.sfx import GROUPS, PLAIN_OF
 from oracle_kd.store.identity import ID_LENGTH, run_dir, run_id, semantic_config, uses_teacher
 from oracle_kd.store.io import file_sha256
 

@@ -456,7 +456,7 @@ class Trainer:
             sync_bn=rc.hardware.sync_bn if self.env.active else None, torch_version=torch.__version__,
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             cohort={"size": len(self.members), "time_share": st.train_time_s / max(st.cohort_time_s, 1e-9)},
-            model_bytes=model_bytes,
+            model_bytes=model_bytes, student_params=sum(p.numel() for p in m.distiller.student.parameters()),
         ).to_json()
         if m.main:
             atomic_write_json(m.job.folder / record.RESULT, result)

@@ -22,12 +22,11 @@ from torch import nn
 
 from oracle_kd.core.features import Features
 from oracle_kd.models.registry import register_model
-from oracle_kd.models.sfx import GROUPS, combine_branches, matched_width
+from oracle_kd.models.sfx import GROUPS, PLAIN_OF, combine_branches, matched_width
 
 DEPTH = 2  # hidden layers, as in the released code's MLPs (784-500-500-10 teacher, 784-20-20-10 student)
 WIDTHS = (16, 32, 64, 128, 256, 512)
 INPUT_SUPERFEATURES: dict[str, int] = {}  # sfx MLP name -> its group count M (engine: which runs need a partition)
-PLAIN_OF: dict[str, str] = {}  # sfx MLP name -> the plain MLP it is matched to (the ordinary teacher's arch)
 
 
 def _stack(d: int, width: int, depth: int) -> nn.ModuleList:

@@ -25,6 +25,7 @@ from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 
 GROUPS = 4  # M in the KED code's every CNN experiment
+PLAIN_OF: dict[str, str] = {}  # explaining model name -> the plain model it is matched to (and explains)
 
 
 def combine_branches(branch_logits: Sequence[torch.Tensor], log_prior: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,6 +123,8 @@ class SFXCifarResNet(nn.Module):
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:
+    PLAIN_OF[name] = name.removeprefix(f"sfx{GROUPS}_")
+
     @register_model(name)
     def _factory(num_classes: int, in_channels: int, image_size: int | None = None, stem: str = "auto",
                  branch_width: int = 0) -> SFXCifarResNet:

@@ -84,6 +84,7 @@ class RunResult:
     cohort: Optional[dict[str, Any]] = None  # {"size": runs trained together, "time_share": this run's share}
     code_version: str = dataclasses.field(default_factory=code_version)
     model_bytes: Optional[int] = None  # size of model.pt, so a truncated file is noticed without reading it
+    student_params: Optional[int] = None  # the student's parameter count (KED compares models of equal size)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ import pandas as pd
 from oracle_kd.config import RunConfig
 from oracle_kd.core.stats import ci95_half_width, welch_p
 from oracle_kd.errors import choice, reason
+from oracle_kd.models.sfx import PLAIN_OF
 from oracle_kd.paths import PAPER_DIR
 from oracle_kd.store import record
 from oracle_kd.store.analysis import collect_analysis
@@ -34,7 +35,9 @@ ARCH_ORDER = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet
               "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
               "resnet18c", "resnet50c", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet18", "resnet34",
               "resnet50", "resnet101"]
-METHOD_ORDER = ["teacher", "student", "ce", "dkd", "at", "fitnet", "sp", "kd", "sad", "oracle"]
+METHOD_ORDER = ["teacher", "student", "ce", "dkd", "at", "fitnet", "sp", "kd", "sad", "oracle", "ked"]
+FEATURE_NAMES = {"fitnet": "FitNet", "at": "AT", "sp": "SP"}
+KED_ORDER = ["KD", "KED", *(f"{m}+{x}" for x in FEATURE_NAMES.values() for m in ("KD", "KED"))]
 LARGE_DATASETS = ("tiny_imagenet", "imagenet")
 
 
@@ -63,6 +66,15 @@ def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
         out[prefix] = obj
 
 
+def _regime(sem: dict[str, Any]) -> str:
+    """The data a student learned from: all of the training split, or `n=<train_size>`, plus a chimeric phase."""
+    size, train = sem.get("dataset", {}).get("train_size"), sem.get("train", {})
+    out = f"n={size}" if size else "all"
+    if train.get("chimeric_epochs"):
+        out += f" + chimeric {train['chimeric_epochs']}ep x {train['chimeric_size']}"
+    return out
+
+
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
     sem = rec["semantic"]
     train = sem.get("train", {})
@@ -71,7 +83,7 @@ def _row(rec: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "run_id": rec["run_id"], "dataset": rec["dataset"], "method": rec["method"],
         "teacher": rec.get("teacher") or "-", "student": rec["student"], "seed": rec["seed"],
-        "variant": _variant(sem.get("method", {})),
+        "variant": _variant(sem.get("method", {})), "regime": _regime(sem), "student_params": rec.get("student_params"),
         "recipe": f"{train.get('epochs', '?')}ep-{content_hash(train, 6, separators=None)}",
         "best_top1": rec["best_top1"], "last_top1": rec["last_top1"],
         "best_top5": rec.get("best_top5"), "last_top5": rec.get("last_top5"), "best_epoch": rec.get("best_epoch"),
@@ -318,6 +330,36 @@ def crd_benchmark(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return _order(_with_paper(stats, paper, ["dataset", "teacher", "student", "method"]))
 
 
+def _ked_label(row: pd.Series) -> str:
+    """KD, KD+X (the KED paper's baselines on plain models), KED, KED+X."""
+    if row["method"] == "kd":
+        return "KD"
+    feature = str(row.get("method.feature", "none"))
+    name = "KD" if bool(row.get("method.baseline")) else "KED"
+    return name if feature in ("none", "nan") else f"{name}+{FEATURE_NAMES.get(feature, feature)}"
+
+
+def ked_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """KED against KD at equal parameter counts: every `ked` run (and its KD+X baselines), and the `kd` runs whose
+    plain teacher → student pair is the plain counterpart of a KED pair; one cell per dataset, data regime and
+    plain pair (so the MLP and CNN versions are separate cells), with intervals and Welch tests against the best."""
+    ked = df[df["method"] == "ked"]
+    if ked.empty:
+        return pd.DataFrame()
+    plain = lambda arch: PLAIN_OF.get(arch, arch)  # noqa: E731
+    runs = df.assign(pair=[f"{plain(t)}->{plain(s)}" for t, s in zip(df["teacher"], df["student"])])
+    runs = runs[(runs["method"] == "ked") | ((runs["method"] == "kd") & runs["pair"].isin(runs.loc[ked.index, "pair"]))]
+    runs = runs.assign(method=runs.apply(_ked_label, axis=1))
+    keys = ["recipe", "dataset", "regime", "pair"]
+    stats = _agg(runs, [*keys, "method", "teacher", "student"], metric)
+    params = runs.groupby(["dataset", "student"], dropna=False)["student_params"].first().rename("student_params")
+    stats = stats.merge(params.reset_index(), on=["dataset", "student"], how="left")
+    stats = significance(stats, keys)
+    order = {m: i for i, m in enumerate(KED_ORDER)}
+    stats["_m"] = stats["method"].map(lambda m: order.get(m, len(order)))
+    return stats.sort_values([*keys, "_m"], kind="mergesort").drop(columns="_m").reset_index(drop=True)
+
+
 # ----------------------------------------------------------------------------- writing
 def _metric_label(metric: str) -> str:
     return f"{metric}-epoch test top-1 (%)"
@@ -498,7 +540,8 @@ def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: s
                 "fig5_pairs": (fig5_pairs(df, metric), f"Figure 5: teacher-student pairs — {label}"),
                 "gamma_grid": (gamma_grid(df, metric), f"Oracle γ grid — {label}"),
                 "table5": (table5(df, metric), f"Table 5: Tiny-ImageNet / ImageNet — {label}"),
-                "crd_benchmark": (crd_benchmark(df, metric), f"The CIFAR-100 KD benchmark (CRD/mdistiller pairs) — {label}")}
+                "crd_benchmark": (crd_benchmark(df, metric), f"The CIFAR-100 KD benchmark (CRD/mdistiller pairs) — {label}"),
+                "ked": (ked_table(df, metric), f"KED against KD at equal parameter counts — {label}")}
     for name, (table, title) in builders.items():
         if table.empty:
             continue
@@ -532,10 +575,12 @@ def summary_text(df: pd.DataFrame, metric: str) -> str:
     if df.empty:
         return "no finished runs"
     df = df.assign(method=_method_labels(df))
-    stats = _agg(df, ["dataset", "teacher", "student", "method"], metric)
+    regimes = ["regime"] if "regime" in df.columns and (df["regime"] != "all").any() else []  # scarce-data runs
+    stats = _agg(df, ["dataset", *regimes, "teacher", "student", "method"], metric)
     stats = _order(stats)
     stats[_metric_label(metric)] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(stats["mean"], stats["std"])]
-    return stats[["dataset", "teacher", "student", "method", "n_seeds", _metric_label(metric)]].to_string(index=False)
+    cols = ["dataset", *regimes, "teacher", "student", "method", "n_seeds", _metric_label(metric)]
+    return stats[cols].to_string(index=False)
 
 
 @dataclass

@@ -89,3 +89,23 @@ def test_ked_on_superfeature_explaining_resnets(tmp_path, feature):
     student = records(store)["ked/sfx4_resnet14-sfx4_resnet8"]
     assert "superfeatures" not in student["semantic"]  # hidden superfeatures: nothing to compute beforehand
     assert set(rows(student)[0]) >= {"train_ce", "train_kd", "train_explain"} | ({"train_at"} if feature == "at" else set())
+
+
+def test_the_ked_table_puts_ked_beside_kd_at_equal_parameters(tmp_path):
+    import pandas as pd
+
+    store, results = tmp_path / "runs", tmp_path / "results"
+    for seed in ("0", "1"):
+        launch(store, *MLP, "train.epochs=2", f"seed={seed}")
+        launch(store, *MLP, "train.epochs=2", f"seed={seed}", "teacher=mlp64", "student=mlp16", "method=kd_ked")
+        launch(store, *MLP, "train.epochs=2", f"seed={seed}", "dataset.train_size=50")
+    launch(store, "task=tables", f"results_dir={results}")
+    table = pd.read_csv(results / "ked.csv")
+    assert set(table["pair"]) == {"mlp64->mlp16"} and set(table["regime"]) == {"all", "n=50"}
+    full = table[table["regime"] == "all"].set_index("method")
+    assert list(full.index) == ["KD", "KED"] and set(full["n_seeds"]) == {2}
+    assert full.loc["KED", "student"] == "sfx4_mlp16" and full.loc["KD", "student"] == "mlp16"
+    # equal parameter counts: the explaining student's branch width is matched to the plain one's
+    ked, kd = full.loc["KED", "student_params"], full.loc["KD", "student_params"]
+    assert abs(ked - kd) / kd < 0.06
+    assert set(full["verdict"]) <= {"best", "not sig. worse", "worse"}

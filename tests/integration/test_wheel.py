@@ -44,5 +44,5 @@ def test_a_wheel_in_a_fresh_venv_runs_oracle_kd_from_any_directory(tmp_path):
     assert preset.returncode == 0, preset.stderr
     assert preset.stdout.count("plan: ") == 10  # the main job's arms (sweeps/arm/) ship too
     help_text = oracle_kd("--help")
-    assert "train     crd, paper, paper_teacher, quick" in help_text.stdout
+    assert "train     crd, ked_paper, mlp_digits, paper, paper_teacher, quick" in help_text.stdout
     assert not (elsewhere / "runs" / "digits").exists()  # plans train nothing
