@@ -60,3 +60,13 @@ def test_on_slurm_each_cohort_is_one_job_and_plans_run_here():
     assert names == ["oracle-kd-resnet56-s0-3runs", "oracle-kd-resnet56-s1-2runs", "oracle-kd-tables"]
     assert cluster_job_name([cfgs[2]]) == "oracle-kd-ce-none-resnet20-s1"
     assert cluster_groups(cfgs, 2)[0] == [[0, 1], [2, 5], [3], [7]]
+
+
+def test_train_size_and_the_chimeric_samples_split_cohorts():
+    """A scarce-data run sees other batches; a chimeric phase needs its own chimeric set (and the partition)."""
+    mlp = ["teacher=sfx4_mlp256", "student=sfx4_mlp16", "method=ked", "teacher.train=mlp_digits"]
+    chim = ["train.chimeric_epochs=2", "train.chimeric_size=100"]
+    rcs = _rcs(mlp, [*mlp, "method.mu=0.5"], [*mlp, "dataset.train_size=100"], [*mlp, "dataset.train_size=100", *chim],
+               [*mlp, "dataset.train_size=100", *chim, "train.chimeric_epochs=3"],
+               [*mlp, "dataset.train_size=100", "train.chimeric_epochs=2", "train.chimeric_size=200"])
+    assert group_cohorts(rcs) == [[0, 1], [2], [3, 4], [5]]
