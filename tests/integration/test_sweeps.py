@@ -21,7 +21,8 @@ SWEEP = ["--config-dir", str(ROOT / "sweeps"), "--config-name"]
 # Hydra composes each job twice (~0.2 s each), so the big grids are cut down by one override here;
 # every method and dataset of them still composes in one of the cases.
 PRESETS = [("quick", [], 7), ("demo", [], 30), ("teachers", [], 8), ("table4", ["dataset=cifar100"], 24),
-           ("fig5_pairs", ["method=oracle_paper"], 16), ("gamma_grid", [], 12), ("table5", [], 24)]
+           ("fig5_pairs", ["method=oracle_paper"], 16), ("gamma_grid", [], 12), ("table5", [], 24),
+           ("ked", ["seed=0"], 32), ("ked_digits", ["seed=0"], 20)]
 
 
 @pytest.mark.parametrize("preset, extra, jobs", PRESETS)

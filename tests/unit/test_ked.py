@@ -50,6 +50,18 @@ def test_the_branch_width_matches_the_released_code_at_100_classes(arch, width):
     assert _params(model) == {"resnet20": 282_288, "resnet8": 86_000}[arch]  # counted by hand from the layout
 
 
+@pytest.mark.parametrize("arch,width", [("wrn_16_2", 58), ("wrn_40_2", 62), ("vgg8", 214), ("vgg13", 235)])
+def test_wrn_and_vgg_explaining_models_match_their_plain_parameters(arch, width):
+    """WRN-16-2 gets the released code's student width, 58; its VGGs (218 for VGG8, 236 for VGG13) have two dense
+    layers per branch where ours have one classifier, so ours come out a little narrower."""
+    model, plain = build_model(f"sfx4_{arch}", 100, 3), build_model(arch, 100, 3)
+    assert model.branch_width == width
+    assert abs(_params(model) - _params(plain)) / _params(plain) < 0.01
+    z, f = model.eval()(torch.randn(2, 3, 32, 32))
+    torch.testing.assert_close(z, combine_branches(f.branch_logits))
+    assert len(f.branch_maps) == 4 and f.stages[-1].shape[1] == 4 * width
+
+
 def test_the_features_expose_every_branch():
     model = build_model("sfx4_resnet8", 10, 3, branch_width=5).eval()
     x = torch.randn(3, 3, 16, 16)
