@@ -350,14 +350,17 @@ def ked_table(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     runs = df.assign(pair=[f"{plain(t)}->{plain(s)}" for t, s in zip(df["teacher"], df["student"])])
     runs = runs[(runs["method"] == "ked") | ((runs["method"] == "kd") & runs["pair"].isin(runs.loc[ked.index, "pair"]))]
     runs = runs.assign(method=runs.apply(_ked_label, axis=1))
-    keys = ["recipe", "dataset", "regime", "pair"]
+    keys = ["dataset", "pair", "regime", "recipe"]
     stats = _agg(runs, [*keys, "method", "teacher", "student"], metric)
     params = runs.groupby(["dataset", "student"], dropna=False)["student_params"].first().rename("student_params")
     stats = stats.merge(params.reset_index(), on=["dataset", "student"], how="left")
     stats = significance(stats, keys)
     order = {m: i for i, m in enumerate(KED_ORDER)}
     stats["_m"] = stats["method"].map(lambda m: order.get(m, len(order)))
-    return stats.sort_values([*keys, "_m"], kind="mergesort").drop(columns="_m").reset_index(drop=True)
+    sizes = runs.groupby("regime")["dataset.train_size"].first() if "dataset.train_size" in runs else pd.Series()
+    stats["_r"] = stats["regime"].map(lambda r: (0 if r == "all" else sizes.get(r, 0), "chimeric" in r))
+    stats = stats.sort_values(["dataset", "pair", "_r", "recipe", "_m"], kind="mergesort")
+    return stats.drop(columns=["_m", "_r"]).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -530,17 +533,20 @@ def build_tables(roots: Iterable[str | Path], results_dir: str | Path, metric: s
         tables["runs"] = df
         log.warning("no finished runs under %s", ", ".join(map(str, roots)))
         return tables
-    curves = learning_curves(df) if plots else pd.DataFrame()
+    full = df["regime"] == "all"  # the paper's tables and the curves: full-data runs only; scarce data: the ked table
+    curves = learning_curves(df[full]) if plots else pd.DataFrame()
     df = tables["runs"] = df.drop(columns="folder")  # paths stay out of the tables
     atomic_write_bytes(out / "runs.csv", _csv(df))
     named = {"mean": f"{metric}_top1_mean", "std": f"{metric}_top1_std"}
-    t4 = table4(df, metric).rename(columns=named)
+    paper_runs = df[full.to_numpy()]
+    t4 = table4(paper_runs, metric).rename(columns=named)
     builders = {"table4_long": (t4, f"Table 4 (teacher = student), long form — {label}"),
                 "table4": (wide_table4(t4), f"Table 4 (teacher = student) — {label}"),
-                "fig5_pairs": (fig5_pairs(df, metric), f"Figure 5: teacher-student pairs — {label}"),
-                "gamma_grid": (gamma_grid(df, metric), f"Oracle γ grid — {label}"),
-                "table5": (table5(df, metric), f"Table 5: Tiny-ImageNet / ImageNet — {label}"),
-                "crd_benchmark": (crd_benchmark(df, metric), f"The CIFAR-100 KD benchmark (CRD/mdistiller pairs) — {label}"),
+                "fig5_pairs": (fig5_pairs(paper_runs, metric), f"Figure 5: teacher-student pairs — {label}"),
+                "gamma_grid": (gamma_grid(paper_runs, metric), f"Oracle γ grid — {label}"),
+                "table5": (table5(paper_runs, metric), f"Table 5: Tiny-ImageNet / ImageNet — {label}"),
+                "crd_benchmark": (crd_benchmark(paper_runs, metric),
+                                  f"The CIFAR-100 KD benchmark (CRD/mdistiller pairs) — {label}"),
                 "ked": (ked_table(df, metric), f"KED against KD at equal parameter counts — {label}")}
     for name, (table, title) in builders.items():
         if table.empty:
