@@ -77,6 +77,9 @@ def one_line_error(exc: BaseException) -> str:
         parent = cause.parent_node
         allowed = sorted(k for k in parent.keys() if k != "defaults") if isinstance(parent, DictConfig) else []
         where = cause.full_key.rpartition(".")[0] or "the top level"
+        if "_by_" in where.rpartition(".")[2]:  # a per-teacher / per-pair table: new entries need Hydra's `+`
+            return (f"{where} is a table: add its entries with a leading +, e.g. "
+                    f"'+{cause.full_key}=<value>' or '++{where}={{<key>: <value>}}'")
         return (f"unknown key {cause.full_key!r}; {where} accepts: {', '.join(map(str, allowed))}" if allowed
                 else f"unknown key {cause.full_key!r}")
     if isinstance(cause, ValidationError) and cause.full_key:

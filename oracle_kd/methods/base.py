@@ -28,7 +28,12 @@ class MethodConfig:
 
     name: str = "ce"
     ce_weight: float = 1.0
-    ce_weight_by_teacher: Optional[dict[str, float]] = None
+    # The composed config holds an empty table, not None: Hydra cannot merge `method.ce_weight_by_teacher={...}`
+    # into a None node. An empty table is None again once built (`__post_init__`), so run_ids do not change.
+    ce_weight_by_teacher: Optional[dict[str, float]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        empty_tables_to_none(self)
 
     def validate(self) -> None:
         """Raise ConfigError (one line) for values no method can use."""
@@ -49,6 +54,13 @@ class MethodConfig:
         per-pair option overrides this); what remains is what the run's identity hashes."""
         return self.for_teacher(teacher)
 
+
+
+def empty_tables_to_none(cfg: Any) -> None:
+    """Per-teacher/per-pair tables (`*_by_*` fields) that are empty become None: "no table", as stored runs say."""
+    for f in dataclasses.fields(cfg):
+        if "_by_" in f.name and getattr(cfg, f.name) == {}:
+            setattr(cfg, f.name, None)
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -41,7 +41,7 @@ class DKDConfig(KDConfig):
     temperature: float = 4.0
     warmup: int = 20
     # "teacher-student" -> beta (mdistiller's per-pair configs); resolved by for_pair, so not part of a run's identity
-    beta_by_pair: Optional[dict[str, float]] = dataclasses.field(default=None, metadata={"identity": False})
+    beta_by_pair: Optional[dict[str, float]] = dataclasses.field(default_factory=dict, metadata={"identity": False})
 
     def validate(self) -> None:
         super().validate()

@@ -23,6 +23,8 @@ def error_line(capsys, argv, tmp_path) -> str:
 
 
 @pytest.mark.parametrize("argv, expected", [
+    (["method=oracle", "method.ce_weight_by_teacher={resnet56: 0.3}"], "method.ce_weight_by_teacher is a table: add its "
+     "entries with a leading +"),
     (["method=oracel"], "unknown method 'oracel'; choose one of: at, ce, dkd, dkd_crd, fitnet, kd, kd_ked, ked, oracle,"),
     (["student=resnet21"], "unknown student 'resnet21'; choose one of:"),
     (["teacher=vgg"], "unknown teacher 'vgg'; choose one of:"),

@@ -69,3 +69,19 @@ def test_the_ked_papers_kd_baseline_is_a_preset_of_kd() -> None:
 
     m = compose(["method=kd_ked"]).method
     assert (m.name, m.ce_weight, m.alpha, m.temperature) == ("kd", 0.3, 0.7, 10.0)
+
+
+@pytest.mark.parametrize("table, override, plain", [
+    ("ce_weight_by_teacher", "+method.ce_weight_by_teacher.resnet56=0.3", ["method=oracle", "method.ce_weight=0.3"]),
+    ("beta_by_pair", "++method.beta_by_pair={resnet56-resnet20: 2.0}", ["method=dkd", "method.beta=2.0"]),
+])
+def test_a_per_teacher_table_can_be_given_on_the_command_line(table, override, plain) -> None:
+    """The tables compose as empty dicts (Hydra cannot merge into None), become None once built, and are resolved
+    before the run's identity: a table entry is the same run as the plain option it sets."""
+    from oracle_kd.cli import compose
+    from oracle_kd.engine.teacher import identify
+
+    via_table, direct = compose([plain[0], override]), compose(plain)
+    assert getattr(via_table.method, table) is None and via_table.method == direct.method
+    assert identify(via_table)[1] == identify(direct)[1]
+    assert getattr(method_entry(plain[0].split("=")[1])[1](), table) is None  # a fresh config: no table
