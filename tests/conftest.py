@@ -3,6 +3,7 @@ formats, the tiny model, and the tiny oracle-teacher setting."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
 from tiny_net import TinyNet  # noqa: E402  (needs the path above)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One share of the CPUs per xdist worker. PyTorch's default (one OpenMP thread per core in every worker)
+    oversubscribes the cores, and spinning OpenMP threads then make the unit tests several times slower. The
+    environment variable carries the share to the subprocesses that tests start."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from oracle_kd.core.precision import at_least_fp32
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton's distillation term τ²·KL(softmax(t/τ) ‖ softmax(s/τ)).
@@ -13,8 +15,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     independent of τ. Computed in fp32 because log-probabilities lose too much in bf16.
     """
     t = float(temperature)
-    log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / t, dim=1)
+    log_p_s = F.log_softmax(at_least_fp32(student_logits) / t, dim=1)
+    log_p_t = F.log_softmax(at_least_fp32(teacher_logits) / t, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
     return kl * (t * t)
 
@@ -29,5 +31,5 @@ def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 
     Zagoruyko & Komodakis' AT map (p = 2); SAD uses the same map as its values. fp32 for the norm.
     """
-    a = f.float().abs().pow(p).mean(dim=1).flatten(1)
+    a = at_least_fp32(f).abs().pow(p).mean(dim=1).flatten(1)
     return F.normalize(a, dim=1)

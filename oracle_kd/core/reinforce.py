@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.precision import at_least_fp32
+
 REDUCTIONS = ("mean", "sum")
 
 
@@ -31,9 +33,9 @@ def input_gradient(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, redu
     with torch.enable_grad():
         logits, _ = teacher(x_in)
         if reduction == "mean" and mean_over is not None and mean_over != y.numel():
-            loss = F.cross_entropy(logits.float(), y, reduction="sum") / mean_over
+            loss = F.cross_entropy(at_least_fp32(logits), y, reduction="sum") / mean_over
         else:
-            loss = F.cross_entropy(logits.float(), y, reduction=reduction)
+            loss = F.cross_entropy(at_least_fp32(logits), y, reduction=reduction)
         (grad,) = torch.autograd.grad(loss, x_in)
     return grad
 

@@ -13,13 +13,15 @@ from typing import Sequence
 import torch
 
 
-def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """float32 `(x / 255 - mean) / std` per channel, for (C, H, W) or (N, C, H, W) uint8 input."""
+def normalize(x_uint8: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`(x / 255 - mean) / std` per channel in `dtype` (float32; float64 for fp64 runs), for (C, H, W) or
+    (N, C, H, W) uint8 input."""
     channels = x_uint8.shape[-3]
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"normalize: {channels} channels but {len(mean)} means and {len(std)} stds")
     m, s = _channel_stats(tuple(mean), tuple(std), x_uint8.device)
-    return x_uint8.to(torch.float32).div_(255.0).sub_(m).div_(s)
+    return x_uint8.to(dtype).div_(255.0).sub_(m).div_(s)
 
 
 @functools.lru_cache(maxsize=64)

@@ -315,7 +315,8 @@ class FolderLoader(Batching):
     def __init__(self, data: FileSet, *, batch_size: int, train: bool, mean: Sequence[float],
                  std: Sequence[float], transforms: FolderTransforms, pad: int = 0, flip: bool = False,
                  device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
-                 channels_last: bool = False, workers: int = 4, shard: tuple[int, int] = (0, 1)) -> None:
+                 channels_last: bool = False, workers: int = 4, shard: tuple[int, int] = (0, 1),
+                 dtype: torch.dtype = torch.float32) -> None:
         self._init_batching(len(data), batch_size, train, drop_last, shard)
         if workers < 0:
             raise ValueError(f"FolderLoader: workers must be >= 0, got {workers}")
@@ -324,6 +325,7 @@ class FolderLoader(Batching):
         self.seed = int(seed)
         self.channels_last = bool(channels_last)
         self.workers = int(workers)
+        self.dtype = dtype
         self.dataset = FolderDataset(data, transforms, train=train, pad=pad, flip=flip)
         self.sampler = _EpochBatches()
         g = torch.Generator()
@@ -356,7 +358,7 @@ class FolderLoader(Batching):
         self.sampler.set(batches)
         try:
             for x, y in self.loader:
-                x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std)
+                x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.dtype)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 yield x, y.to(self.device, non_blocking=True)

@@ -25,7 +25,7 @@ class BatchLoader(Batching):
     def __init__(self, data: ImageSet, *, batch_size: int, train: bool, mean: Sequence[float],
                  std: Sequence[float], pad: int = 0, flip: bool = False, device: str | torch.device = "cpu",
                  seed: int = 0, drop_last: bool = False, channels_last: bool = False,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: tuple[int, int] = (0, 1), dtype: torch.dtype = torch.float32) -> None:
         self._init_batching(len(data), batch_size, train, drop_last, shard)
         self.device = torch.device(device)
         r = self.local_range  # moved once; batches are gathered on the device
@@ -35,6 +35,7 @@ class BatchLoader(Batching):
         self.pad, self.flip = int(pad), bool(flip)
         self.seed = int(seed)
         self.channels_last = bool(channels_last)
+        self.dtype = dtype
 
     def generator(self, epoch: int) -> torch.Generator:
         """The epoch's only source of randomness (shuffle, then crops/flips batch by batch)."""
@@ -55,7 +56,7 @@ class BatchLoader(Batching):
                 idx = order[lo:hi][part]
                 x = apply_augment(self.images[idx], draws[part], pad=self.pad)
                 y = self.labels[idx]
-            x = normalize(x, self.mean, self.std)
+            x = normalize(x, self.mean, self.std, self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
@@ -63,21 +64,22 @@ class BatchLoader(Batching):
 
 def build_loader(bundle: DataBundle, split: Literal["train", "test"], *, batch_size: int, seed: int,
                  device: str | torch.device, channels_last: bool = False, drop_last: bool = False, pad: int = 0,
-                 flip: bool = False, workers: int = 4, shard: tuple[int, int] = (0, 1)) -> BatchLoader | FolderLoader:
+                 flip: bool = False, workers: int = 4, shard: tuple[int, int] = (0, 1),
+                 dtype: torch.dtype = torch.float32) -> BatchLoader | FolderLoader:
     """The loader for one split of any bundle, so the runner need not know how a dataset is stored.
 
     "train" shuffles and augments (pad/flip; for ImageNet-style bundles RandomResizedCrop + flip, pad
     unused) and honours drop_last. "test" is in order with no augmentation and always keeps the last
     partial batch, so evaluation sees every image. `workers` applies to folder bundles only.
     `shard=(rank, world)`: this DDP rank's part of every global train batch, or its share of the test
-    split (see `Batching`).
+    split (see `Batching`). `dtype`: the batches' floating type (float64 for fp64 runs).
     """
     if split not in ("train", "test"):
         raise ValueError(f"build_loader: split must be 'train' or 'test', got {split!r}")
     train = split == "train"
     data = bundle.train if train else bundle.test
     kw = dict(batch_size=batch_size, train=train, mean=bundle.mean, std=bundle.std, device=device,
-              channels_last=channels_last, shard=shard)
+              channels_last=channels_last, shard=shard, dtype=dtype)
     if train:
         kw.update(pad=pad, flip=flip, seed=seed, drop_last=drop_last)
     if bundle.kind == "memory":

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.errors import ConfigError
 
 log = logging.getLogger("oracle_kd")
@@ -132,7 +133,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
-        xf = x.float()
+        xf = at_least_fp32(x)
         local = torch.cat([xf.sum(dim=(0, 2, 3)), xf.new_full((1,), x.numel() / c)])
         total = _SumOverRanks.apply(local)
         count = total[c]

@@ -28,6 +28,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def param_dtype(precision: str) -> torch.dtype:
+    """The dtype of parameters and batches: float64 for `fp64` (a check that two layouts or process counts
+    compute the same function, to ~1e-15 instead of float32's ~1e-7; several times slower), else float32
+    (bf16 is autocast over float32 weights)."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
 def apply_hardware(hw: HardwareConfig, device_name: str | None = None) -> torch.device:
     """Threads and cuDNN settings; the device (`device_name` overrides hardware.device: a DDP rank's GPU)."""
     device = resolve_device(device_name or hw.device)
@@ -39,6 +46,8 @@ def apply_hardware(hw: HardwareConfig, device_name: str | None = None) -> torch.
 
 def prepare_model(model: nn.Module, device: torch.device, hw: HardwareConfig) -> nn.Module:
     model = model.to(device)
+    if hw.precision == "fp64":
+        model = model.to(torch.float64)
     if hw.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if hw.compile:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.config import TrainConfig
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.data import BatchLoader, FolderLoader
 from oracle_kd.engine import distributed
@@ -67,15 +68,16 @@ def evaluate(model: nn.Module, loader: BatchLoader | FolderLoader, amp: contextl
     rank evaluates its share of the split and the counts are summed."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    param = next(model.parameters())
+    device = param.device
     c1 = torch.zeros((), device=device)
     c5 = torch.zeros((), device=device)
-    loss = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device, dtype=param.dtype)  # float64 in fp64 runs
     n = torch.zeros((), device=device)
     for x, y in loader.epoch(0):
         with amp or contextlib.nullcontext():
             logits, _ = model(x)
-        logits = logits.float()
+        logits = at_least_fp32(logits)
         loss += F.cross_entropy(logits, y, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         c1 += (top[:, 0] == y).sum()

@@ -24,12 +24,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle_kd.config import RunConfig
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, ImageSet, build_loader, load_dataset, train_subset
 from oracle_kd.engine import distributed
 from oracle_kd.engine.cohort import check_cohort
 from oracle_kd.engine.curves import Curves, open_curves
-from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model
+from oracle_kd.engine.hardware import apply_hardware, autocast, param_dtype, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.superfeatures import chimeric_set, obtain_superfeatures
@@ -115,7 +116,8 @@ class Stream:
     def open_loaders(self, rc: RunConfig) -> None:
         """The batch stream: a pure function of (seed, epoch), sharded per DDP rank."""
         self.loader_kw = dict(seed=rc.seed, device=self.device, channels_last=rc.hardware.channels_last,
-                              workers=rc.dataset.workers, shard=self.env.shard)
+                              workers=rc.dataset.workers, shard=self.env.shard,
+                              dtype=param_dtype(rc.hardware.precision))
         t = rc.train
         self.train_loader = build_loader(self.data, "train", batch_size=t.batch_size, pad=rc.dataset.crop_pad,
                                          flip=rc.dataset.flip, drop_last=t.drop_last, **self.loader_kw)
@@ -175,8 +177,8 @@ class EpochMeter:
         self.steps += 1
         b = y.numel()
         for k, v in losses.items():
-            self.sums[k] = self.sums.get(k, 0) + v.detach().float() * b
-        self.sums["loss"] = self.sums.get("loss", 0) + loss.detach().float() * b
+            self.sums[k] = self.sums.get(k, 0) + at_least_fp32(v.detach()) * b
+        self.sums["loss"] = self.sums.get("loss", 0) + at_least_fp32(loss.detach()) * b
         self.correct += (logits.argmax(dim=1) == y).sum()
         self.seen += global_batch or b
 
@@ -240,6 +242,8 @@ class Member:
         input_shape = (data.in_channels, data.image_size, data.image_size)
         teacher = stream.teacher if needs_teacher(rc) else None
         distiller = build_distiller(rc.method, student, teacher, input_shape).to(device)
+        if rc.hardware.precision == "fp64":  # the method's own modules (regressors, connectors) too
+            distiller = distiller.to(torch.float64)
         if rc.train.chimeric_epochs > 0 and distiller.teacher_input() is not PLAIN:
             raise ConfigError(f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain "
                               f"input, so the method needs one (kd, ked, ...), not {rc.method.name}")

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.errors import require
 
@@ -148,7 +149,7 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
 
     def ce_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ce_weight · CE(student(x), y), computed in fp32 even under autocast."""
-        return self.cfg.ce_weight * F.cross_entropy(logits.float(), y)
+        return self.cfg.ce_weight * F.cross_entropy(at_least_fp32(logits), y)
 
     @abc.abstractmethod
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,

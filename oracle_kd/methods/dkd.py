@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 
 from oracle_kd.core.losses import kd_loss
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller
@@ -80,7 +81,7 @@ def _binary_logits(logits: torch.Tensor, target: torch.Tensor, temperature: floa
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Unweighted (TCKD, NCKD), each τ²·KL summed over classes and divided by the batch size, in fp32."""
-    s, t, tau = student_logits.float(), teacher_logits.float(), float(temperature)
+    s, t, tau = at_least_fp32(student_logits), at_least_fp32(teacher_logits), float(temperature)
     tckd = kd_loss(_binary_logits(s, target, tau), _binary_logits(t, target, tau), tau)
     nckd = kd_loss(_non_target(s, target), _non_target(t, target), tau)
     return tckd, nckd

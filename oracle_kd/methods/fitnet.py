@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
@@ -81,5 +82,5 @@ class FitNet(Distiller):
         _, t_feats = self.teacher_out(x, y, teacher_out)
         s_logits, s_feats = self.student(x)
         hint = self.regressor(s_feats.stages[self.cfg.hint_stage])
-        mse = F.mse_loss(hint.float(), t_feats.stages[self.cfg.hint_stage].float())
+        mse = F.mse_loss(at_least_fp32(hint), at_least_fp32(t_feats.stages[self.cfg.hint_stage]))
         return s_logits, {"ce": self.ce_loss(s_logits, y), "hint": self.cfg.weight * mse}

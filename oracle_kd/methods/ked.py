@@ -23,6 +23,7 @@ from torch import nn
 
 from oracle_kd.core.features import Features
 from oracle_kd.core.losses import kd_loss
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import ConfigError, choice, require
 from oracle_kd.methods.at import at_loss
@@ -114,7 +115,7 @@ class KED(Distiller):
             return cfg.at_scale * at_loss(s_maps, t_maps)
         if cfg.feature == "sp":
             return cfg.sp_scale * sp_loss(s_maps, t_maps)
-        return sum((F.mse_loss(reg(s).float(), t.float())
+        return sum((F.mse_loss(at_least_fp32(reg(s)), at_least_fp32(t))
                     for reg, s, t in zip(self.regressors, s_maps, t_maps)), torch.zeros((), device=s_maps[0].device))
 
     def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,

@@ -13,6 +13,7 @@ from torch import nn
 
 from oracle_kd.core.features import Features
 from oracle_kd.core.losses import attention_map, kd_loss, pool_to
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller, probe_features
@@ -89,8 +90,8 @@ class LayerAttention(nn.Module):
     def forward(self, s_layers: list[torch.Tensor], t_layers: list[torch.Tensor]) -> torch.Tensor:
         """Σ_t mean_b Σ_s att[b,t,s]·mean_HW((v_s − v_t)²), unweighted by beta."""
         with torch.autocast(t_layers[0].device.type, enabled=False):
-            s_layers = [f.float() for f in s_layers]
-            t_layers = [f.float() for f in t_layers]
+            s_layers = [at_least_fp32(f) for f in s_layers]
+            t_layers = [at_least_fp32(f) for f in t_layers]
             att = self.attention(s_layers, t_layers)
             # Channel-mean energy per student layer. The reference pools this map (not the features) to the
             # teacher's size and then normalizes; pooling commutes with the channel mean, so

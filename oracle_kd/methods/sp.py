@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller, MethodConfig
@@ -33,7 +34,7 @@ class SPConfig(MethodConfig):
 
 def similarity(f: torch.Tensor) -> torch.Tensor:
     """Ĝ: the (B, B) Gram matrix of the flattened maps, each row scaled to unit L2 norm, in fp32."""
-    q = f.float().flatten(1)
+    q = at_least_fp32(f).flatten(1)
     return F.normalize(q @ q.t(), dim=1)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
+from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.models.cifar_resnet import BasicBlock, CifarResNet
 from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
@@ -35,9 +36,9 @@ Trunk = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]  # (stages, 
 def combine_branches(branch_logits: Sequence[torch.Tensor], log_prior: torch.Tensor | None = None) -> torch.Tensor:
     """z = Σ_i log_softmax(z^i) − (M−1)·log π, in fp32: the log of the normalised product of the branch
     distributions over the prior (up to a per-sample constant, which softmax and argmax ignore)."""
-    z = torch.stack([F.log_softmax(b.float(), dim=1) for b in branch_logits]).sum(dim=0)
+    z = torch.stack([F.log_softmax(at_least_fp32(b), dim=1) for b in branch_logits]).sum(dim=0)
     if log_prior is not None:
-        z = z - (len(branch_logits) - 1) * log_prior.float()
+        z = z - (len(branch_logits) - 1) * at_least_fp32(log_prior)
     return z
 
 
