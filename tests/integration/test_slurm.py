@@ -292,19 +292,30 @@ def python_task(job: str) -> int:
     raise AssertionError(f"no submitit task among the job's processes:\n{listed}")
 
 
+def _status(pid: int) -> dict[str, str] | None:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
 def paused_until_signalled(pid: int, timeout: float = 120) -> None:
-    """Wait while the stopped task has no SIGUSR2 pending. slurmstepd follows the signal with SIGCONT, so the
-    task may also be running again (or gone) by the time this looks."""
+    """Stop the task (SIGSTOP) and wait while it has no SIGUSR2 pending. slurmstepd follows the signal with
+    SIGCONT, so the task may also be running again (or gone) by the time this looks."""
+    os.kill(pid, signal.SIGSTOP)
     deadline = time.monotonic() + timeout
+    stopped = False
     while time.monotonic() < deadline:
-        try:
-            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-        except FileNotFoundError:
+        fields = _status(pid)
+        if fields is None:
             return
-        fields = dict(line.split(":", 1) for line in lines if ":" in line)
-        if fields["State"].split()[0] != "T" or any(int(fields[k], 16) & SIGUSR2_BIT for k in ("SigPnd", "ShdPnd")):
+        state = fields["State"].split()[0]
+        if not stopped:  # SIGSTOP takes effect asynchronously
+            stopped = state == "T"
+        elif state != "T" or any(int(fields[k], 16) & SIGUSR2_BIT for k in ("SigPnd", "ShdPnd")):
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise AssertionError(f"slurmctld sent no SIGUSR2 within {timeout} s")
 
 
@@ -318,7 +329,6 @@ def test_c_job_at_its_time_limit_is_requeued_and_resumes_to_the_uninterrupted_ru
     wait_for_checkpoint(launch, store, tmp_path / "slurm.log")
     (job,) = job_ids(tmp_path / "sweep")
     pid = python_task(job)
-    os.kill(pid, signal.SIGSTOP)
     try:
         paused_until_signalled(pid)
     finally:

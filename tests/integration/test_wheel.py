@@ -1,15 +1,46 @@
 """Installed without the repository: a wheel built from this tree, installed into a fresh venv, runs `oracle-kd`
-from an empty directory with its shipped configs, sweep presets and the paper's numbers."""
+from an empty directory with its shipped configs, every sweep preset and the paper's numbers.
+
+The fresh venv reaches torch & co. through a `.pth` file naming the site-packages of the interpreter that runs the
+suite (a virtualenv's or the system's: a fresh torch download is minutes and needs the network). A `.pth` line
+only puts that folder on sys.path; the `.pth` files inside it (this checkout's editable install among them) are
+not run, so `oracle_kd` can only come from the wheel, which the test checks."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+# Every preset in sweeps/, planned with overrides that keep it small while every file it reads (each arm, pair,
+# method and dataset of its grid) still composes in one of its jobs, and the number of jobs it plans.
+PRESETS = {"quick": ([], 7), "demo": (["seed=0"], 10), "teachers": (["dataset=cifar10"], 4),
+           "table4": (["dataset=cifar100", "teacher=resnet20"], 6), "fig5_pairs": (["method=oracle_paper"], 16),
+           "gamma_grid": (["teacher=resnet56"], 6), "table5": (["method=kd"], 4),
+           "crd_benchmark": (["method=kd"], 11), "ked": (["seed=0"], 32), "ked_digits": (["seed=0"], 20)}
+
+PLAN_ALL = """
+import contextlib, io, json, sys
+from oracle_kd.cli import _with_presets, main
+counts = {}
+for preset, extra in json.loads(sys.argv[1]).items():
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(_with_presets(["-m", "--config-dir", "sweeps", "--config-name", preset, "task=plan",
+                                   "store=runs", *extra]))
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("plan: ")]
+    counts[preset] = [code, len(lines), sum(" new " in line for line in lines)]
+print(json.dumps(counts))
+"""
+
+
+def test_every_preset_is_listed_here():
+    assert set(PRESETS) == {p.stem for p in (REPO / "sweeps").glob("*.yaml")}
 
 
 def test_a_wheel_in_a_fresh_venv_runs_oracle_kd_from_any_directory(tmp_path):
@@ -17,32 +48,42 @@ def test_a_wheel_in_a_fresh_venv_runs_oracle_kd_from_any_directory(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
                     str(REPO)], check=True, capture_output=True)
     (wheel,) = wheels.glob("oracle_kd-*.whl")
-    # the venv sees this interpreter's site-packages for torch & co. (a fresh torch download is minutes and
-    # needs the network), but oracle_kd itself comes from the wheel: checked below
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    ours = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(site) / "suite_dependencies.pth").write_text("".join(f"{p}\n" for p in ours))
     subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
                    check=True, capture_output=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
-    def oracle_kd(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(env_dir / "bin" / "oracle-kd"), *args], cwd=elsewhere, env=env, capture_output=True,
-                              text=True, timeout=300)
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(list(cmd), cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
 
     probe = "import oracle_kd.paths as p; print(p.CHECKOUT, p.CONF_DIR, (p.PAPER_DIR / 'table4.csv').is_file())"
-    where = subprocess.run([str(py), "-c", probe], cwd=elsewhere, env=env, capture_output=True, text=True,
-                           check=True).stdout
-    assert where.startswith("False ") and str(env_dir) in where  # the wheel's copy, not this checkout
-    assert where.split()[-1] == "True"  # the paper's numbers travel too
-    plan = oracle_kd("task=plan", "store=runs")
+    where = run(str(py), "-c", probe)
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.startswith("False ") and str(env_dir) in where.stdout  # the wheel's copy, not this checkout
+    assert where.stdout.split()[-1] == "True"  # the paper's numbers travel too
+
+    oracle_kd = str(env_dir / "bin" / "oracle-kd")
+    plan = run(oracle_kd, "task=plan", "store=runs")
     assert plan.returncode == 0, plan.stderr
     assert "plan: new" in plan.stdout and "digits oracle resnet56->resnet20" in plan.stdout
-    preset = oracle_kd("-m", "--config-dir", "sweeps", "--config-name", "demo", "task=plan", "store=runs", "seed=0")
+    preset = run(oracle_kd, "-m", "--config-dir", "sweeps", "--config-name", "demo", "task=plan", "store=runs", "seed=0")
     assert preset.returncode == 0, preset.stderr
     assert preset.stdout.count("plan: ") == 10  # the main job's arms (sweeps/arm/) ship too
-    help_text = oracle_kd("--help")
+    help_text = run(oracle_kd, "--help")
     assert "train     crd, ked_paper, mlp_digits, paper, paper_teacher, quick" in help_text.stdout
+
+    # every shipped preset composes and validates each of its jobs, as `oracle-kd -m --config-dir sweeps ...` reads
+    # it from the wheel (one process for all of them: the plans, not the interpreter's start-up, are under test)
+    planned = run(str(py), "-c", PLAN_ALL, json.dumps({name: extra for name, (extra, _) in PRESETS.items()}))
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    counts = json.loads(planned.stdout.splitlines()[-1])
+    assert counts == {name: [0, jobs, jobs] for name, (_, jobs) in PRESETS.items()}  # exit 0, jobs, all new
     assert not (elsewhere / "runs" / "digits").exists()  # plans train nothing
