@@ -1,18 +1,14 @@
-"""Shared test helpers. tests/fixtures/ holds importable helpers: writers of datasets in their real on-disk
-formats, the tiny model, and the tiny oracle-teacher setting."""
+"""Shared fixtures and each xdist worker's share of the CPUs. Importable helpers (dataset writers in the real
+on-disk formats, the test servers, the tiny model) are the `helpers` package in tests/helpers/."""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
-
-from tiny_net import TinyNet  # noqa: E402  (needs the path above)
+from helpers.tiny_net import TinyNet
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from oracle_setting import ORACLE_BASE
 
+from helpers.oracle_setting import ORACLE_BASE
 from oracle_kd.cli import main
 
 # Module fixtures that train runs: the tests that use one run on one xdist worker (`--dist loadgroup`), so it is
@@ -35,10 +35,9 @@ def teacher_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A private PostgreSQL server (tests/fixtures/pg_server.py) for this session's worker, stopped by PID at the
+    """A private PostgreSQL server (tests/helpers/pg_server.py) for this session's worker, stopped by PID at the
     end; skipped with one line saying how to enable it where the server or the driver is missing."""
-    import pg_server
-
+    from helpers import pg_server
     why = pg_server.available()
     if why:
         pytest.skip(why)

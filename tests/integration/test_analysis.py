@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from oracle_setting import ORACLE_BASE
 
+from helpers.oracle_setting import ORACLE_BASE
 from oracle_kd.cli import main
 from oracle_kd.store.analysis import CSV_NAME, collect_analysis
 

@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from imagefolder_fixtures import write_tiny_imagenet
-from tiny_net import TinyNet
 from torch import nn
 
+from helpers.imagefolder_fixtures import write_tiny_imagenet
+from helpers.tiny_net import TinyNet
 from oracle_kd.core.reinforce import reinforce
 from oracle_kd.data import BatchLoader, FolderLoader, ImageSet
 from oracle_kd.data.batching import shard_part

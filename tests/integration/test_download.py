@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cifar_fixtures import write_cifar10, write_cifar100
-from imagefolder_fixtures import write_tiny_imagenet
 
+from helpers.cifar_fixtures import write_cifar10, write_cifar100
+from helpers.imagefolder_fixtures import write_tiny_imagenet
 from oracle_kd.cli import main
 from oracle_kd.data import download, load_dataset
 from oracle_kd.errors import DatasetError

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from imagefolder_fixtures import write_imagenet, write_tiny_imagenet
 
+from helpers.imagefolder_fixtures import write_imagenet, write_tiny_imagenet
 from oracle_kd.cli import main
 from oracle_kd.models import build_model
 

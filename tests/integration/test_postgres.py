@@ -1,4 +1,4 @@
-"""Tuning on a real PostgreSQL server (tests/fixtures/pg_server.py, started per test session): workers that open a
+"""Tuning on a real PostgreSQL server (tests/helpers/pg_server.py, started per test session): workers that open a
 fresh database at the same moment all get in, two `task=tune` workers fill one study, and the database password
 reaches no file, log or line the tool writes."""
 
@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import optuna
-from oracle_setting import ORACLE_BASE
 
+from helpers.oracle_setting import ORACLE_BASE
 from oracle_kd.store import study_storage
 
 REPO = Path(__file__).resolve().parents[2]

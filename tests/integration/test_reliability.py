@@ -420,7 +420,7 @@ def test_a_hostile_teacher_checkpoint_is_one_plain_line(tmp_path, capsys):
 
 
 def test_a_run_that_fails_on_a_data_error_is_listed_as_failed(tmp_path, capsys):
-    from imagefolder_fixtures import write_tiny_imagenet
+    from helpers.imagefolder_fixtures import write_tiny_imagenet
 
     tree = write_tiny_imagenet(tmp_path / "data", classes=3, per_class=4, val_per_class=2)
     Path(tree["train"][3][0]).write_bytes(b"\xff\xd8\xff not a JPEG")  # a file damaged on disk

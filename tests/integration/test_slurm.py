@@ -1,4 +1,4 @@
-"""Hydra's submitit launcher on a real one-node SLURM cluster (tests/fixtures/slurm_cluster.py: munged, MariaDB,
+"""Hydra's submitit launcher on a real one-node SLURM cluster (tests/helpers/slurm_cluster.py: munged, MariaDB,
 slurmdbd, slurmctld, slurmd started by hand in a temporary folder), end to end through `python run.py -m`:
 
 - a small sweep as two parallel 1-CPU jobs equals the same sweep run locally, and `task=tables` tabulates it;
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import slurm_cluster
 import torch
 
+from helpers import slurm_cluster
 from oracle_kd.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

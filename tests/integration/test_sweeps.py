@@ -198,7 +198,7 @@ def test_oracle_teacher_table_sits_beside_the_papers_numbers(tmp_path):
 
 
 def test_table5_preset_runs_to_the_aggregator_on_tiny_trees(tmp_path):
-    from imagefolder_fixtures import write_tiny_imagenet
+    from helpers.imagefolder_fixtures import write_tiny_imagenet
 
     write_tiny_imagenet(tmp_path / "data", classes=3, per_class=4, val_per_class=2)
     store = tmp_path / "runs"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
-from oracle_setting import ORACLE_BASE
 
+from helpers.oracle_setting import ORACLE_BASE
 from oracle_kd.cli import main
 
 REPO = Path(__file__).resolve().parents[2]

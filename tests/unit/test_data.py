@@ -11,8 +11,8 @@ import pickletools
 import numpy as np
 import pytest
 import torch
-from cifar_fixtures import py2_dumps, write_cifar10, write_cifar100, write_modern_cifar100
 
+from helpers.cifar_fixtures import py2_dumps, write_cifar10, write_cifar100, write_modern_cifar100
 from oracle_kd.data import BatchLoader, DataBundle, ImageSet, augment_batch, available_datasets, load_dataset, normalize
 from oracle_kd.data.cifar import CIFAR10_MEAN, CIFAR100_MEAN, CIFAR100_STD, safe_load
 from oracle_kd.errors import ConfigError, DatasetError

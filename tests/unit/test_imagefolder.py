@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from imagefolder_fixtures import write_imagenet, write_tiny_imagenet
 from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from helpers.imagefolder_fixtures import write_imagenet, write_tiny_imagenet
 from oracle_kd.data import (
     BatchLoader,
     DataBundle,

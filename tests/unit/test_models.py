@@ -12,7 +12,7 @@ import torch
 from oracle_kd.errors import ConfigError
 from oracle_kd.models import Features, available_models, build_model
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "helpers"
 # the Oracle KD release's CIFAR-100 checkpoints (file names below), when a copy is at hand
 OFFICIAL = Path(os.environ.get("ORACLE_KD_OFFICIAL_CHECKPOINTS", "/nonexistent"))
 EXPECTED_KEYS = json.loads((FIXTURES / "official_checkpoint_keys.json").read_text())

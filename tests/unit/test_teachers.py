@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from cifar_fixtures import write_cifar100
 
+from helpers.cifar_fixtures import write_cifar100
 from oracle_kd.cli import main
 from oracle_kd.config import TrainConfig
 from oracle_kd.engine.step import lr_at

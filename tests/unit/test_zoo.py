@@ -2,7 +2,7 @@
 strictly, and every method taking a step on one pair per family. (Every registered model's forward, backward and
 Features contract on 32x32 RGB and 8x8 digits: test_contracts.py; BN folding: test_fold.py.)
 
-The key/shape fixtures (tests/fixtures/mdistiller_keys/*.json) and the counts were produced by running mdistiller's
+The key/shape fixtures (tests/helpers/mdistiller_keys/*.json) and the counts were produced by running mdistiller's
 own model definitions at 100 classes; family files (test_zoo_<family>.py) check each family's stage shapes."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.methods import plain_pair_config
 from oracle_kd.engine.weights import load_weights, read_state_dict
 from oracle_kd.methods import available_methods, build_distiller, method_entry
 from oracle_kd.models import build_model
 
-KEYS = Path(__file__).resolve().parents[1] / "fixtures" / "mdistiller_keys"
+KEYS = Path(__file__).resolve().parents[1] / "helpers" / "mdistiller_keys"
 
 # exact parameter counts at 100 classes (mdistiller's definitions; its published M values in the comments)
 PARAMS = {
@@ -88,9 +89,7 @@ def test_state_dict_layout_is_mdistillers(name: str) -> None:
 def test_every_method_takes_a_step_on_each_family_pair(teacher: str, student: str, method: str) -> None:
     torch.manual_seed(0)
     t, s = build_model(teacher, 100, 3), build_model(student, 100, 3)
-    # KED needs explaining models; on a plain pair it is the paper's KD+X baseline (here with FitNet's regressor)
-    cfg = method_entry(method)[1](**({"baseline": True, "feature": "fitnet"} if method == "ked" else {}))
-    distiller = build_distiller(cfg, s, t, (3, 16, 16)).train()  # 16 px: shapes as at 32, cheaper
+    distiller = build_distiller(plain_pair_config(method), s, t, (3, 16, 16)).train()  # 16 px: shapes as at 32, cheaper
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=0.01)
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 100, (4,))
     before = {k: v.clone() for k, v in t.state_dict().items()}
