@@ -21,6 +21,16 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_thread_share():
+    """A test that runs with `hardware.threads=N` sets torch's thread count for the whole worker; the next
+    tests get the worker's share back."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_net():
     def make(num_classes: int = 5, in_channels: int = 1, seed: int = 0) -> TinyNet:

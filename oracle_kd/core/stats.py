@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats as _st
-
 
 def ci95_half_width(std: float, n: int) -> float:
     """t_{0.975, n−1} · std / √n (std with ddof 1); NaN for fewer than two seeds (no spread to estimate)."""
     if n < 2 or not math.isfinite(std):
         return math.nan
+    from scipy import stats as _st  # here, not at import: every `python run.py` imports this module
+
     return float(_st.t.ppf(0.975, n - 1) * std / math.sqrt(n))
 
 
@@ -22,4 +22,6 @@ def welch_p(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, 
         return math.nan
     if std_a == 0 and std_b == 0:
         return 1.0 if mean_a == mean_b else 0.0
+    from scipy import stats as _st
+
     return float(_st.ttest_ind_from_stats(mean_a, std_a, n_a, mean_b, std_b, n_b, equal_var=False).pvalue)

@@ -10,19 +10,12 @@ import pytest
 from helpers.oracle_setting import ORACLE_BASE
 from oracle_kd.cli import main
 
-# Module fixtures that train runs: the tests that use one run on one xdist worker (`--dist loadgroup`), so it is
-# built once rather than once per worker.
-SHARED_FIXTURES = ("tiny_sweep", "solo", "ddp_runs", "finished", "stopped", "slurm_sweep", "quick_teacher")
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.slow)
-            grouped = any(m.name == "xdist_group" for m in item.iter_markers())
-            if not grouped and any(f in SHARED_FIXTURES for f in getattr(item, "fixturenames", ())):
-                item.add_marker(pytest.mark.xdist_group(Path(item.fspath).stem))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ slurmdbd, slurmctld, slurmd started by hand in a temporary folder), end to end t
 - a DDP run as two SLURM tasks (gloo, CPU) is the single-process run (same run_id) within float rounding;
 - the jobs' name in squeue/sacct.
 
-Every test shares one cluster and one pytest-xdist worker (`xdist_group("slurm")`, with `--dist loadgroup`).
+Every test shares one cluster, so the module runs on one pytest-xdist worker (`--dist loadscope`).
 Without the Debian packages (or root) the module is skipped with one line saying what to install. Each local
 reference run goes in a background process while the SLURM job runs (the machine has 2 cores).
 """
@@ -35,7 +35,6 @@ from helpers import slurm_cluster
 from oracle_kd.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.xdist_group("slurm")  # every test here: one worker, one cluster
 
 BASE = ["dataset=digits", "train=quick", "teacher=resnet8", "hardware=cpu", "progress=false", "seed=0"]
 ONE_CPU = [*BASE, "hardware.threads=1"]  # what each 1-CPU job (and its local twin) runs with
@@ -280,12 +279,12 @@ SIGUSR2_BIT = 1 << (signal.SIGUSR2 - 1)
 
 
 def python_task(job: str) -> int:
-    """The PID of the job step's Python process (submitit's runner), among `scontrol listpids`."""
+    """The PID of the job step's Python process (`python -m submitit.core._submit`), among `scontrol listpids`."""
     listed = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, check=True).stdout
     for line in listed.splitlines()[1:]:
         pid = int(line.split()[0]) if line.split() else 0
         try:
-            if pid and b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if pid and b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():  # not the batch script
                 return pid
         except OSError:
             continue
