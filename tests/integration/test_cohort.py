@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.tiny_run import TINY_RUN
 from oracle_kd.cli import compose, main
 from oracle_kd.engine.trainer import run, run_cohort
 from oracle_kd.models import build_model
 
 # one thread: the killed launch runs in a subprocess, and CPU kernels round differently with other thread counts
-BASE = ["dataset=digits", "teacher=resnet8", "student=resnet8", "train=quick", "train.epochs=2",
-        "train.milestones=[1]", "progress=false", "hardware=cpu", "hardware.threads=1"]
+BASE = TINY_RUN
 MEMBERS = [["method=ce"], ["method=kd"], ["method=dkd"], ["method=at"], ["method=fitnet"], ["method=sad"],
            ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"], ["method=sp"]]
 

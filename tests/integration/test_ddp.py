@@ -296,6 +296,8 @@ def test_two_process_gloo_run_in_float32_is_within_this_machines_float32_roundin
         rounding = _distance(s32[rid], s64[rid])
         assert all(v > 0 for v in rounding.values())  # float32 is not float64: the yardstick is not zero
         ddp = _distance(d32[rid], s32[rid])
+        print(f"\n{s32[rid]['method']}: fp32 DDP vs fp32 single " + ", ".join(
+            f"{k} {v:.1e} (bound {FP32_FACTOR * rounding[k]:.1e})" for k, v in ddp.items()))
         far = {k: (v, rounding[k]) for k, v in ddp.items() if v > FP32_FACTOR * rounding[k]}
         assert not far, far
 

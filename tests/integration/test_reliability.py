@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.tiny_run import TINY_RUN
 from oracle_kd.cli import main
 
-BASE = ["dataset=digits", "teacher=resnet8", "student=resnet8", "train=quick", "train.epochs=2",
-        "train.milestones=[1]", "progress=false", "hardware=cpu", "hardware.threads=1"]  # threads: bit-equal numbers
+BASE = TINY_RUN
 # in and out of process, whatever thread count an earlier test left behind
 CE = [*BASE, "method=ce"]
 KD = [*BASE, "method=kd"]
