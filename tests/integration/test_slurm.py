@@ -274,20 +274,22 @@ def test_b_job_killed_mid_run_resumes_on_relaunch_to_the_uninterrupted_run(clust
 # (/proc/<pid>/status; slurmstepd also sends SIGCONT with it), and lets it go on: the task then handles the
 # time-limit signal as it would have while training. submitit requeues it (slurm holds a requeued job for
 # cred_expire + 1 = 6 s) and the next start resumes from last.pt and finishes within its minute.
-LIMITED_EPOCHS = 10
+LIMITED_EPOCHS = 6
 SIGUSR2_BIT = 1 << (signal.SIGUSR2 - 1)
 
 
 def python_task(job: str) -> int:
-    """The PID of the job step's Python process (`python -m submitit.core._submit`), among `scontrol listpids`."""
+    """The PID of the job step's Python process (`python -u -m submitit.core._submit <folder>`), among `scontrol
+    listpids`: not the batch script, nor srun, whose command lines name the same module."""
     listed = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True, check=True).stdout
     for line in listed.splitlines()[1:]:
         pid = int(line.split()[0]) if line.split() else 0
         try:
-            if pid and b"submitit.core._submit" in Path(f"/proc/{pid}/cmdline").read_bytes():  # not the batch script
-                return pid
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid else []
         except OSError:
             continue
+        if argv and Path(argv[0].decode()).name.startswith("python") and b"submitit.core._submit" in argv:
+            return pid
     raise AssertionError(f"no submitit task among the job's processes:\n{listed}")
 
 

@@ -26,7 +26,8 @@ PRESETS = {"quick": ([], 7), "demo": (["seed=0"], 10), "teachers": (["dataset=ci
 
 PLAN_ALL = """
 import contextlib, io, json, sys
-from oracle_kd.cli import _with_presets, main
+import oracle_kd.paths as p
+from oracle_kd.cli import _with_presets, help_text, main
 counts = {}
 for preset, extra in json.loads(sys.argv[1]).items():
     out = io.StringIO()
@@ -35,7 +36,8 @@ for preset, extra in json.loads(sys.argv[1]).items():
                                    "store=runs", *extra]))
     lines = [line for line in out.getvalue().splitlines() if line.startswith("plan: ")]
     counts[preset] = [code, len(lines), sum(" new " in line for line in lines)]
-print(json.dumps(counts))
+where = [p.CHECKOUT, str(p.CONF_DIR), (p.PAPER_DIR / "table4.csv").is_file()]
+print(json.dumps({"counts": counts, "where": where, "help": help_text()}))
 """
 
 
@@ -64,26 +66,19 @@ def test_a_wheel_in_a_fresh_venv_runs_oracle_kd_from_any_directory(tmp_path):
     def run(*cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
 
-    probe = "import oracle_kd.paths as p; print(p.CHECKOUT, p.CONF_DIR, (p.PAPER_DIR / 'table4.csv').is_file())"
-    where = run(str(py), "-c", probe)
-    assert where.returncode == 0, where.stderr
-    assert where.stdout.startswith("False ") and str(env_dir) in where.stdout  # the wheel's copy, not this checkout
-    assert where.stdout.split()[-1] == "True"  # the paper's numbers travel too
-
-    oracle_kd = str(env_dir / "bin" / "oracle-kd")
-    plan = run(oracle_kd, "task=plan", "store=runs")
-    assert plan.returncode == 0, plan.stderr
-    assert "plan: new" in plan.stdout and "digits oracle resnet56->resnet20" in plan.stdout
-    preset = run(oracle_kd, "-m", "--config-dir", "sweeps", "--config-name", "demo", "task=plan", "store=runs", "seed=0")
+    # the console script, from an empty directory: a shipped preset (its arms, sweeps/arm/, ship too)
+    preset = run(str(env_dir / "bin" / "oracle-kd"), "-m", "--config-dir", "sweeps", "--config-name", "demo",
+                 "task=plan", "store=runs", "seed=0")
     assert preset.returncode == 0, preset.stderr
-    assert preset.stdout.count("plan: ") == 10  # the main job's arms (sweeps/arm/) ship too
-    help_text = run(oracle_kd, "--help")
-    assert "train     crd, ked_paper, mlp_digits, paper, paper_teacher, quick" in help_text.stdout
+    assert preset.stdout.count("plan: new") == 10 and "digits oracle resnet20->resnet8" in preset.stdout
 
     # every shipped preset composes and validates each of its jobs, as `oracle-kd -m --config-dir sweeps ...` reads
     # it from the wheel (one process for all of them: the plans, not the interpreter's start-up, are under test)
     planned = run(str(py), "-c", PLAN_ALL, json.dumps({name: extra for name, (extra, _) in PRESETS.items()}))
     assert planned.returncode == 0, planned.stderr[-3000:]
-    counts = json.loads(planned.stdout.splitlines()[-1])
-    assert counts == {name: [0, jobs, jobs] for name, (_, jobs) in PRESETS.items()}  # exit 0, jobs, all new
+    report = json.loads(planned.stdout.splitlines()[-1])
+    checkout, conf_dir, paper = report["where"]
+    assert not checkout and conf_dir.startswith(str(env_dir)) and paper  # the wheel's copies, the paper's numbers too
+    assert report["counts"] == {name: [0, jobs, jobs] for name, (_, jobs) in PRESETS.items()}  # exit 0, all new
+    assert "train     crd, ked_paper, mlp_digits, paper, paper_teacher, quick" in report["help"]
     assert not (elsewhere / "runs" / "digits").exists()  # plans train nothing
