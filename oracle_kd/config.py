@@ -334,6 +334,8 @@ def validate(cfg: DictConfig) -> RunConfig:
             "needs the tensorboard package: pip install oracle-kd[tensorboard]")
     choice("hardware.device", rc.hardware.device, DEVICES)
     choice("hardware.precision", rc.hardware.precision, PRECISIONS)
+    require(rc.hardware.precision != "fp64" or rc.task != "bench", "hardware.precision", rc.hardware.precision,
+            "is for equality checks of runs; task=bench measures fp32 or bf16")
     require(rc.hardware.threads is None or rc.hardware.threads >= 1, "hardware.threads", rc.hardware.threads,
              "must be >= 1 or null")
     require(rc.stop_after_epoch is None or rc.stop_after_epoch >= 1, "stop_after_epoch", rc.stop_after_epoch,

@@ -15,7 +15,7 @@ from torch import nn
 from oracle_kd.config import RunConfig
 from oracle_kd.core.reinforce import reinforce
 from oracle_kd.data import BatchLoader, load_dataset
-from oracle_kd.engine.hardware import apply_hardware, autocast
+from oracle_kd.engine.hardware import apply_hardware, autocast, param_dtype
 from oracle_kd.engine.teacher import short_teacher_id, teacher_identity
 from oracle_kd.engine.trainer import obtain_teacher
 from oracle_kd.errors import ConfigError
@@ -73,6 +73,7 @@ def setup_oracle(rc: RunConfig, split_name: str, batch_size: int) -> OracleSetup
     freeze(teacher)
     split = data.train if split_name == "train" else data.test
     loader = BatchLoader(split, batch_size=batch_size, train=False, mean=data.mean, std=data.std,
-                         device=device, channels_last=rc.hardware.channels_last)
+                         device=device, channels_last=rc.hardware.channels_last,
+                         dtype=param_dtype(rc.hardware.precision))
     return OracleSetup(teacher=teacher, teacher_info=info, identity=identity, loader=loader, labels=split.labels,
                        coarse=split.coarse_labels, amp=autocast(device, rc.hardware.precision), device=device)

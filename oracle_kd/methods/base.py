@@ -79,8 +79,8 @@ def probe_features(model: nn.Module, input_shape: tuple[int, ...], batch: int = 
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
-        return model(torch.randn(batch, *input_shape, device=device))
+        p = next(model.parameters())  # the probe in the model's dtype: float64 in an fp64 run
+        return model(torch.randn(batch, *input_shape, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
 

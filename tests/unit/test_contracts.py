@@ -50,11 +50,11 @@ def test_every_model_returns_logits_and_features(arch: str, shape: tuple[int, in
 EXPLAINING = {"ked"}  # methods whose teacher and student are superfeature-explaining (sfx*) models
 
 
-def _pair(name: str) -> tuple:
+def _pair(name: str, dtype: torch.dtype = torch.float32) -> tuple:
     torch.manual_seed(0)
     prefix = "sfx4_" if name in EXPLAINING else ""
-    teacher = build_model(f"{prefix}resnet14", CLASSES, SHAPE[0], image_size=SHAPE[1])
-    student = build_model(f"{prefix}resnet8", CLASSES, SHAPE[0], image_size=SHAPE[1])
+    teacher = build_model(f"{prefix}resnet14", CLASSES, SHAPE[0], image_size=SHAPE[1]).to(dtype)
+    student = build_model(f"{prefix}resnet8", CLASSES, SHAPE[0], image_size=SHAPE[1]).to(dtype)
     cls, cfg_cls = method_entry(name)
     cfg = cfg_cls()
     cfg.validate()  # a method's defaults are valid
@@ -103,3 +103,16 @@ def test_a_step_trains_the_student_and_never_the_teacher(name: str) -> None:
     d2.load_trainable_state_dict(d.trainable_state_dict())
     assert all(torch.equal(d2.trainable_state_dict()[k], v) for k, v in d.trainable_state_dict().items())
     assert set(state_before) == set(d2.trainable_state_dict())
+
+
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_stays_in_float64_in_an_fp64_run(name: str) -> None:
+    """hardware.precision=fp64: float64 models (the method's shape probe included) give float64 loss terms and
+    gradients, so equality checks across processes and layouts hold to float64 rounding."""
+    d, _ = _pair(name, torch.float64)
+    d = d.to(torch.float64).train()  # as the engine does: the method's own modules too
+    x, y = torch.randn(4, *SHAPE, dtype=torch.float64), torch.randint(0, CLASSES, (4,))
+    logits, losses = d.forward_train(x, y, 1)
+    assert logits.dtype == torch.float64 and all(v.dtype == torch.float64 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    assert all(p.grad.dtype == torch.float64 for p in d.trainable_parameters() if p.grad is not None)
