@@ -35,6 +35,11 @@ def param_dtype(precision: str) -> torch.dtype:
     return torch.float64 if precision == "fp64" else torch.float32
 
 
+def in_run_dtype(module: nn.Module, precision: str) -> nn.Module:
+    """`module` in float64 for an fp64 run; untouched otherwise (no cast at all, so fp32 runs are unchanged)."""
+    return module.to(torch.float64) if precision == "fp64" else module
+
+
 def apply_hardware(hw: HardwareConfig, device_name: str | None = None) -> torch.device:
     """Threads and cuDNN settings; the device (`device_name` overrides hardware.device: a DDP rank's GPU)."""
     device = resolve_device(device_name or hw.device)
@@ -45,9 +50,7 @@ def apply_hardware(hw: HardwareConfig, device_name: str | None = None) -> torch.
 
 
 def prepare_model(model: nn.Module, device: torch.device, hw: HardwareConfig) -> nn.Module:
-    model = model.to(device)
-    if hw.precision == "fp64":
-        model = model.to(torch.float64)
+    model = in_run_dtype(model.to(device), hw.precision)
     if hw.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if hw.compile:

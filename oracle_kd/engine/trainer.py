@@ -30,7 +30,7 @@ from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, ImageSet, buil
 from oracle_kd.engine import distributed
 from oracle_kd.engine.cohort import check_cohort
 from oracle_kd.engine.curves import Curves, open_curves
-from oracle_kd.engine.hardware import apply_hardware, autocast, param_dtype, prepare_model
+from oracle_kd.engine.hardware import apply_hardware, autocast, in_run_dtype, param_dtype, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, evaluate, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.superfeatures import chimeric_set, obtain_superfeatures
@@ -241,9 +241,9 @@ class Member:
                                 rc.hardware)
         input_shape = (data.in_channels, data.image_size, data.image_size)
         teacher = stream.teacher if needs_teacher(rc) else None
-        distiller = build_distiller(rc.method, student, teacher, input_shape).to(device)
-        if rc.hardware.precision == "fp64":  # the method's own modules (regressors, connectors) too
-            distiller = distiller.to(torch.float64)
+        # the method's own modules (regressors, connectors) in the run's dtype too
+        distiller = in_run_dtype(build_distiller(rc.method, student, teacher, input_shape).to(device),
+                                 rc.hardware.precision)
         if rc.train.chimeric_epochs > 0 and distiller.teacher_input() is not PLAIN:
             raise ConfigError(f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain "
                               f"input, so the method needs one (kd, ked, ...), not {rc.method.name}")
