@@ -30,6 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp64")
 STEMS = ("auto", "imagenet", "cifar")
 AUTO_RECIPE_PREFIX = "for_"  # conf/train/for_<dataset>.yaml: the recipe used when no train= is given
+OPTIMIZERS = ("sgd", "dot")
 LOGGERS = ("none", "tensorboard")  # per-epoch curves of each run: <run folder>/tb/ (engine/curves.py)
 
 
@@ -76,7 +77,9 @@ class TrainConfig:
     """SGD with momentum and a multi-step learning-rate schedule (the paper's recipe), with an optional linear
     warm-up (the paper's recipe has none; He et al. warm up ResNet110, and very deep nets on tiny data need it).
     `chimeric_epochs` > 0: after the main epochs a KED/KD student goes on for that many epochs over
-    `chimeric_size` synthetic (chimeric) samples; 0 = no chimeric phase."""
+    `chimeric_size` synthetic (chimeric) samples; 0 = no chimeric phase. `optimizer=dot` is the
+    Distillation-Oriented Trainer (engine/dot.py): the `ce` term and the distillation terms get their own
+    momentum buffers."""
 
     epochs: int = 240
     batch_size: int = 64
@@ -92,6 +95,8 @@ class TrainConfig:
     chimeric_epochs: int = 0
     chimeric_size: int = 0
     chimeric_lr: float = 0.0  # the chimeric phase's learning rate; 0 = go on at the schedule's last rate
+    optimizer: str = "sgd"  # sgd | dot: DOT's task and distillation momenta are momentum ∓ dot_delta
+    dot_delta: float = 0.075  # DOT's δ (0.075 on CIFAR, 0.09 on ImageNet in its reference)
 
     @property
     def total_epochs(self) -> int:
@@ -240,6 +245,11 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     require(t.chimeric_epochs >= 0, f"{prefix}.chimeric_epochs", t.chimeric_epochs, "must be >= 0")
     require(t.chimeric_size >= 0, f"{prefix}.chimeric_size", t.chimeric_size, "must be >= 0")
     require(t.chimeric_lr >= 0, f"{prefix}.chimeric_lr", t.chimeric_lr, "must be >= 0 (0 = the schedule's last rate)")
+    choice(f"{prefix}.optimizer", t.optimizer, OPTIMIZERS)
+    if t.optimizer == "dot":
+        require(0 < t.dot_delta and 0 <= t.momentum - t.dot_delta and t.momentum + t.dot_delta < 1,
+                f"{prefix}.dot_delta", t.dot_delta, f"must be > 0 with both momenta {prefix}.momentum ∓ dot_delta in [0, 1)")
+        require(not t.nesterov, f"{prefix}.nesterov", t.nesterov, "is not supported by train.optimizer=dot")
     require(t.chimeric_epochs == 0 or t.chimeric_size > 0, f"{prefix}.chimeric_size", t.chimeric_size,
             f"must be > 0 when {prefix}.chimeric_epochs={t.chimeric_epochs} (the synthetic samples of the chimeric phase)")
 
@@ -329,6 +339,13 @@ def validate(cfg: DictConfig) -> RunConfig:
     if rc.teacher.train != "same":
         load_train_preset(rc.teacher.train)
     validate_train(rc.train)
+    if rc.train.optimizer == "dot":
+        require(method_entry(rc.method.name)[0].needs_teacher, "train.optimizer", "dot",
+                f"steps distillation terms apart from CE; method {rc.method.name} has none")
+        require(not rc.hardware.ddp, "train.optimizer", "dot", "takes two backward passes per step; it is not "
+                "supported under DDP (hardware.ddp=false)")
+    require(method_entry(rc.method.name)[0].supports_ddp or not rc.hardware.ddp, "hardware.ddp", True,
+            f"is not supported by method {rc.method.name} (its per-run state spans the whole training split)")
     choice("logger", rc.logger, LOGGERS)
     require(rc.logger != "tensorboard" or importlib.util.find_spec("tensorboard") is not None, "logger", rc.logger,
             "needs the tensorboard package: pip install oracle-kd[tensorboard]")

@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from oracle_kd.core.batch import Batch, batch_key
 from oracle_kd.data.augment import normalize
 from oracle_kd.data.batching import EPOCH_STRIDE, Batching
 from oracle_kd.data.types import DataBundle, FileSet, FolderTransforms
@@ -305,7 +306,8 @@ def _one_line(exc: DatasetError) -> DatasetError:
 
 
 class FolderLoader(Batching):
-    """BatchLoader's interface over a FileSet: yields (x float32 normalized, y int64) batches on `device`.
+    """BatchLoader's interface over a FileSet: yields `Batch` records (x float32 normalized, y int64, index)
+    on `device`.
 
     Train: a fresh shuffle and fresh per-sample augmentation each epoch, a pure function of (seed, epoch).
     Test: file order, deterministic eval transform. `workers` decode in parallel (0 = in this process).
@@ -340,7 +342,7 @@ class FolderLoader(Batching):
         g.manual_seed((self.seed * EPOCH_STRIDE + int(epoch)) % (1 << 63))
         return g
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[Batch]:
         batches = []
         if self.train:
             g = self.generator(epoch)
@@ -357,10 +359,11 @@ class FolderLoader(Batching):
                 batches.append((torch.arange(first + lo, first + hi), torch.zeros(hi - lo, dtype=torch.int64)))
         self.sampler.set(batches)
         try:
-            for x, y in self.loader:
+            for b, (x, y) in enumerate(self.loader):
                 x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std, self.dtype)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                yield x, y.to(self.device, non_blocking=True)
+                yield Batch(x, y.to(self.device, non_blocking=True), batches[b][0].to(self.device),
+                            batch_key(self.seed, epoch, b))
         except DatasetError as exc:
             raise _one_line(exc) from None

@@ -7,6 +7,7 @@ from typing import Iterator, Literal, Sequence
 
 import torch
 
+from oracle_kd.core.batch import Batch, batch_key
 from oracle_kd.data.augment import apply_augment, draw_augment, normalize
 from oracle_kd.data.batching import EPOCH_STRIDE, Batching
 from oracle_kd.data.imagefolder import FolderLoader
@@ -14,7 +15,7 @@ from oracle_kd.data.types import DataBundle, ImageSet
 
 
 class BatchLoader(Batching):
-    """Yields (x float32 normalized, y int64) batches on `device`.
+    """Yields `Batch` records (x float32 normalized, y int64, each sample's index in the split) on `device`.
 
     Train: a fresh shuffle and fresh augmentation per epoch. Test: in order, normalization only.
     No worker processes: indexing a device-resident tensor is faster than any DataLoader pipeline for
@@ -43,13 +44,14 @@ class BatchLoader(Batching):
         g.manual_seed((self.seed * EPOCH_STRIDE + int(epoch)) % (1 << 63))
         return g
 
-    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[Batch]:
         g = self.generator(epoch) if self.train else None
         order = torch.randperm(self.num_samples, generator=g, device=self.device) if g is not None else None
         for b in range(len(self)):
             lo, hi = self.batch_bounds(b)
             if order is None:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
+                idx = torch.arange(self.local_range.start + lo, self.local_range.start + hi, device=self.device)
             else:  # draws for the whole global batch, pixels only for this rank's part
                 draws = draw_augment(hi - lo, pad=self.pad, flip=self.flip, generator=g, device=self.device)
                 part = self.my_part(hi - lo)
@@ -59,7 +61,7 @@ class BatchLoader(Batching):
             x = normalize(x, self.mean, self.std, self.dtype)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
+            yield Batch(x, y, idx, batch_key(self.seed, epoch, b))
 
 
 def build_loader(bundle: DataBundle, split: Literal["train", "test"], *, batch_size: int, seed: int,

@@ -173,8 +173,8 @@ class _TrainStep(nn.Module):
         super().__init__()
         self.distiller = distiller
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, epoch: int, teacher_out: Any = None):
-        return self.distiller.forward_train(x, y, epoch, teacher_out)
+    def forward(self, batch: Any, epoch: int, teacher_out: Any = None):
+        return self.distiller.forward_train(batch, epoch, teacher_out)
 
 
 def wrap_for_training(distiller: nn.Module, env: DistEnv, device: torch.device, *, sync_bn: bool):

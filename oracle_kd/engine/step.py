@@ -13,16 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.config import TrainConfig
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.data import BatchLoader, FolderLoader
 from oracle_kd.engine import distributed
+from oracle_kd.engine.dot import DOT
 
 ForwardTrain = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def make_optimizer(params: Iterable[nn.Parameter], t: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum, as every recipe of the paper and of mdistiller uses."""
+    """SGD with momentum, as every recipe of the paper and of mdistiller uses; or DOT (`train.optimizer=dot`),
+    SGD whose task and distillation gradients have their own momenta (0.9 ∓ δ)."""
+    if t.optimizer == "dot":
+        return DOT(params, lr=t.lr, momentum=t.momentum - t.dot_delta, momentum_kd=t.momentum + t.dot_delta,
+                   weight_decay=t.weight_decay)
     return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
 
 
@@ -44,17 +50,23 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_step(forward_train: ForwardTrain, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+def train_step(forward_train: ForwardTrain, optimizer: torch.optim.Optimizer, batch: Batch,
                epoch: int, amp: contextlib.AbstractContextManager, loss_scale: float = 1.0,
                teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """One optimisation step, exactly as the runner takes it (the benchmark times this very function).
 
     Returns (student logits, loss terms, total loss), all still on the device: nothing here waits for
     the device. `loss_scale` multiplies the loss before backward (DDP uses it for uneven shards);
-    `teacher_out` is the teacher's output on this batch when the engine computed it for several runs."""
+    `teacher_out` is the teacher's output on this batch when the engine computed it for several runs. An
+    optimizer with its own `backward_step(losses, loss_scale)` (DOT: one backward per kind of term) takes
+    the backward passes and the update itself."""
     with amp:
-        logits, losses = forward_train(x, y, epoch, teacher_out)
+        logits, losses = forward_train(batch, epoch, teacher_out)
     loss = sum(losses.values())
+    own_step = getattr(optimizer, "backward_step", None)
+    if own_step is not None:
+        own_step(losses, loss_scale)
+        return logits, losses, loss
     optimizer.zero_grad(set_to_none=True)
     (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     optimizer.step()

@@ -35,7 +35,7 @@ def teacher_run_config(rc: RunConfig) -> RunConfig:
     trained on the whole training split with no chimeric phase: scarce data (`dataset.train_size`) and the
     chimeric phase are the student's conditions, so every train size shares one teacher."""
     train = rc.train if rc.teacher.train == "same" else load_train_preset(rc.teacher.train)
-    train = dataclasses.replace(train, chimeric_epochs=0, chimeric_size=0, chimeric_lr=0.0)
+    train = dataclasses.replace(train, chimeric_epochs=0, chimeric_size=0, chimeric_lr=0.0, optimizer="sgd")
     return dataclasses.replace(rc, student=StudentConfig(arch=rc.teacher.arch, stem=rc.teacher.stem), method=CEConfig(),
                                train=train, dataset=dataclasses.replace(rc.dataset, train_size=0), stop_after_epoch=None)
 

@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle_kd.config import RunConfig
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, ImageSet, build_loader, load_dataset, train_subset
@@ -44,7 +45,7 @@ from oracle_kd.engine.teacher import (
     teacher_run_config,
 )
 from oracle_kd.errors import ConfigError, OracleKDError, StoreError, TrainingError, from_scheduler, reason
-from oracle_kd.methods import Distiller, build_distiller
+from oracle_kd.methods import Distiller, build_distiller, method_entry
 from oracle_kd.store import record
 from oracle_kd.store.io import (
     append_metrics,
@@ -128,6 +129,11 @@ class Stream:
             chimeric = chimeric_set(self.data.train, self.superfeatures["partition"], t.chimeric_size, rc.seed)
             self.chimeric_loader = build_loader(dataclasses.replace(self.data, train=chimeric), "train",
                                                 batch_size=t.batch_size, drop_last=t.drop_last, **self.loader_kw)
+
+    def data_info(self) -> DataInfo:
+        """What a method may size itself by (every split keeps its labels in memory, folder sets too)."""
+        d = self.data
+        return DataInfo((d.in_channels, d.image_size, d.image_size), d.num_classes, d.train.labels)
 
     def loader(self, chimeric: bool) -> Loader:
         loader = self.chimeric_loader if chimeric else self.train_loader
@@ -239,10 +245,9 @@ class Member:
         data, device = stream.data, stream.device
         student = prepare_model(build_run_model(rc.student.arch, rc.student.stem, data, stream.superfeatures), device,
                                 rc.hardware)
-        input_shape = (data.in_channels, data.image_size, data.image_size)
         teacher = stream.teacher if needs_teacher(rc) else None
         # the method's own modules (regressors, connectors) in the run's dtype too
-        distiller = in_run_dtype(build_distiller(rc.method, student, teacher, input_shape).to(device),
+        distiller = in_run_dtype(build_distiller(rc.method, student, teacher, data=stream.data_info()).to(device),
                                  rc.hardware.precision)
         if rc.train.chimeric_epochs > 0 and distiller.teacher_input() is not PLAIN:
             raise ConfigError(f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain "
@@ -321,7 +326,7 @@ class Member:
         self.curves = open_curves(self.rc.logger, folder, self.rows, self.job.semantic, main=self.main)
         return True
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int, progress: float, stream: Stream,
+    def step(self, batch: Batch, epoch: int, progress: float, stream: Stream,
              global_batch: int | None, teacher_out: TeacherOut | None, meter: EpochMeter) -> None:
         """One optimisation step on the shared batch (per-step warm-up, DDP shard weighting)."""
         t = self.rc.train
@@ -330,10 +335,10 @@ class Member:
         scale = 1.0
         if global_batch is not None:  # a shard: DDP averages over ranks, so weight it by its share of the batch
             self.distiller.global_batch_size = global_batch
-            scale = y.numel() * stream.env.world_size / global_batch
-        logits, losses, loss = train_step(self.forward_train, self.optimizer, x, y, epoch, stream.amp, scale,
+            scale = batch.y.numel() * stream.env.world_size / global_batch
+        logits, losses, loss = train_step(self.forward_train, self.optimizer, batch, epoch, stream.amp, scale,
                                           teacher_out)
-        meter.add(logits, losses, loss, y, self.distiller.global_batch_size)
+        meter.add(logits, losses, loss, batch.y, self.distiller.global_batch_size)
 
     def save_epoch(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -389,14 +394,14 @@ class Trainer:
         wanted = [m.distiller.teacher_input() for m in group]  # once per epoch, not per step
         inputs = [i for i in wanted if i is not None]
         start = time.perf_counter()
-        for step, (x, y) in enumerate(loader.epoch(epoch)):
+        for step, batch in enumerate(loader.epoch(epoch)):
             global_batch = loader.global_batch_size(step) if s.env.active else None
-            outs = s.teacher_outputs(inputs, x, y, global_batch)
+            outs = s.teacher_outputs(inputs, batch.x, batch.y, global_batch)
             if chimeric:  # every member's teacher sees the plain input (checked when it was built)
-                y = outs[PLAIN][0].argmax(dim=1)
+                batch = batch.with_labels(outs[PLAIN][0].argmax(dim=1))
             for i, m in enumerate(group):
                 t0 = time.perf_counter()
-                m.step(x, y, epoch, (step + 1) / steps, s, global_batch,
+                m.step(batch, epoch, (step + 1) / steps, s, global_batch,
                        outs[wanted[i]] if wanted[i] is not None else None, meters[i])
                 own[i] += time.perf_counter() - t0
             bar.update(len(group))
@@ -507,6 +512,16 @@ class Trainer:
         return [self.finish(m) for m in self.members]
 
 
+def check_ddp(rc: RunConfig) -> None:
+    """Refuse, in one line, a run whose method or optimizer has no DDP form (started by torchrun without
+    hardware.ddp, so `validate` could not tell)."""
+    if rc.train.optimizer == "dot":
+        raise ConfigError("train.optimizer=dot takes two backward passes per step; it is not supported under DDP")
+    if not method_entry(rc.method.name)[0].supports_ddp:
+        raise ConfigError(f"method {rc.method.name} keeps per-run state over the whole training split; it is not "
+                          f"supported under DDP")
+
+
 def write_failure(job: Job, error: str) -> None:
     """failure.json: the run stopped on an error (the tables list it as failed, not unfinished). Best effort:
     the store may be the thing that failed."""
@@ -538,6 +553,8 @@ def run_cohort(rcs: list[RunConfig], announce: str | None = None) -> list[dict[s
     jobs = list({j.rid: j for j in ordered}.values())
     if env.active and len(jobs) > 1:
         raise ConfigError("a cohort of several runs trains in one process; DDP runs train one at a time")
+    if env.active:
+        check_ddp(jobs[0].rc)
     if len(jobs) > 1:  # missing auto teachers first, each once (a member may be one: it is then finished)
         teachers = {Job.of(trc).rid: trc for trc in (teacher_run_config(j.rc) for j in jobs
                                                        if needs_teacher(j.rc) and j.rc.teacher.checkpoint == "auto")}

@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.losses import attention_map, pool_to
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
@@ -58,8 +59,9 @@ class AT(Distiller):
     cfg: ATConfig
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: ATConfig,
-                 input_shape: tuple[int, ...] | None = None) -> None:
-        super().__init__(student, teacher, cfg, input_shape)
+                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
+        super().__init__(student, teacher, cfg, input_shape, data)
+        input_shape = self.input_shape
         if input_shape is not None and teacher is not None:  # a pair AT cannot match is a config error, up front
             with torch.random.fork_rng(devices=[]):  # the probe must not move the run's RNG stream
                 n_t = len(probe_features(teacher, input_shape)[1].stages) - 1
@@ -67,9 +69,10 @@ class AT(Distiller):
             require(n_t == n_s and n_t > 0, "method", "at", f"pairs stage outputs one to one, but the teacher has "
                     f"{n_t} stages and the student {n_s}; pick models with as many stages")
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, t_feats = self.teacher_out(x, y, teacher_out)
+        x, y = batch
+        _, t_feats = self.teacher_out(batch, teacher_out)
         s_logits, s_feats = self.student(x)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

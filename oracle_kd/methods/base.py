@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.errors import require
@@ -88,20 +89,26 @@ def probe_features(model: nn.Module, input_shape: tuple[int, ...], batch: int = 
 class Distiller(nn.Module, metaclass=abc.ABCMeta):
     """Student + frozen teacher + the method's own learnable extras.
 
-    `forward_train(x, y, epoch)` returns the student's logits and a dict of named loss terms whose sum
-    is the training loss; naming the terms lets the runner log each one. `input_shape` (C, H, W) is
-    given to methods whose extras depend on feature shapes (build them with `probe_features`).
+    `forward_train(batch, epoch)` returns the student's logits and a dict of named loss terms whose sum
+    is the training loss; naming the terms lets the runner log each one (and lets an optimizer such as DOT
+    step the task term `ce` apart from the rest). `input_shape` (C, H, W) is given to methods whose extras
+    depend on feature shapes (build them with `probe_features`); `data` (a `DataInfo`: shape, classes, the
+    training labels) to methods that size state by the training split, such as CRD's memory bank.
     """
 
     needs_teacher: ClassVar[bool] = True
+    # False for a method whose per-run state spans the whole training split (CRD's memory bank): under DDP each
+    # rank would update its own copy from its shard. Refused in `validate` and when torchrun starts the run.
+    supports_ddp: ClassVar[bool] = True
     # Under DDP a batch is one rank's shard; the runner sets the global batch size here so that a method
     # whose loss is *not* a per-sample mean (Oracle's Step A with gamma_reduction=mean) can use it.
     global_batch_size: Optional[int] = None
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: MethodConfig,
-                 input_shape: tuple[int, ...] | None = None) -> None:
+                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
         super().__init__()
-        self.input_shape = input_shape
+        self.input_shape = input_shape if input_shape is not None else (data.input_shape if data else None)
+        self.data = data
         self.student = student
         self.teacher = freeze(teacher) if teacher is not None else None
         self.cfg = cfg
@@ -139,20 +146,21 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
         teacher(input) computed once for all of them and handed to `forward_train` as `teacher_out`."""
         return PLAIN if self.teacher is not None else None
 
-    def teacher_out(self, x: torch.Tensor, y: torch.Tensor, given: TeacherOut | None) -> TeacherOut:
+    def teacher_out(self, batch: Batch, given: TeacherOut | None) -> TeacherOut:
         """(teacher logits, teacher Features) on `teacher_input()`: the engine's, or computed here."""
         if given is not None:
             return given
         inp = self.teacher_input()
         assert inp is not None and self.teacher is not None, f"{type(self).__name__} has no teacher"
-        return teacher_outputs(self.teacher, [inp], x, y, mean_over=self.global_batch_size)[inp]
+        return teacher_outputs(self.teacher, [inp], batch.x, batch.y, mean_over=self.global_batch_size)[inp]
 
     def ce_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """ce_weight · CE(student(x), y), computed in fp32 even under autocast."""
         return self.cfg.ce_weight * F.cross_entropy(at_least_fp32(logits), y)
 
     @abc.abstractmethod
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One training step's forward: (student logits, {loss name: scalar tensor}), losses in fp32.
-        `teacher_out`: teacher(teacher_input()) when the engine computed it (read it via `teacher_out()`)."""
+        """One training step's forward on a `Batch` (x, y, index, key): (student logits, {loss name: scalar
+        tensor}), losses in fp32. `teacher_out`: teacher(teacher_input()) when the engine computed it (read it
+        via `teacher_out()`)."""

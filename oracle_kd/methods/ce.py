@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.methods.base import Distiller, MethodConfig
 from oracle_kd.methods.registry import register_method
@@ -22,7 +23,8 @@ class CrossEntropy(Distiller):
 
     needs_teacher = False
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
         logits, _ = self.student(x)
         return logits, {"ce": self.ce_loss(logits, y)}

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.losses import kd_loss
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
@@ -97,9 +98,10 @@ class DKD(Distiller):
         """min(epoch / warmup, 1) with 1-based epochs: the reference's linear ramp of the KD terms."""
         return 1.0 if self.cfg.warmup == 0 else min(epoch / self.cfg.warmup, 1.0)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t_logits, _ = self.teacher_out(x, y, teacher_out)
+        x, y = batch
+        t_logits, _ = self.teacher_out(batch, teacher_out)
         s_logits, _ = self.student(x)
         tckd, nckd = dkd_terms(s_logits, t_logits, y, self.cfg.temperature)
         w = self.warmup_factor(epoch)

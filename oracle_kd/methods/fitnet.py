@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
@@ -64,8 +65,9 @@ class FitNet(Distiller):
     cfg: FitNetConfig
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: FitNetConfig,
-                 input_shape: tuple[int, ...] | None = None) -> None:
-        super().__init__(student, teacher, cfg, input_shape)
+                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
+        super().__init__(student, teacher, cfg, input_shape, data)
+        input_shape = self.input_shape
         if input_shape is None:
             raise ValueError("fitnet sizes its regressor from a shape probe: pass input_shape")
         # eval-mode probes: a train-mode forward would move the teacher's BN running statistics
@@ -77,9 +79,10 @@ class FitNet(Distiller):
         t_shape = tuple(t_feats.stages[cfg.hint_stage].shape[1:])
         self.regressor = hint_regressor(s_shape, t_shape).to(next(student.parameters()).device)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, t_feats = self.teacher_out(x, y, teacher_out)
+        x, y = batch
+        _, t_feats = self.teacher_out(batch, teacher_out)
         s_logits, s_feats = self.student(x)
         hint = self.regressor(s_feats.stages[self.cfg.hint_stage])
         mse = F.mse_loss(at_least_fp32(hint), at_least_fp32(t_feats.stages[self.cfg.hint_stage]))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.losses import kd_loss
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
@@ -34,9 +35,10 @@ class KD(Distiller):
 
     cfg: KDConfig
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t_logits, _ = self.teacher_out(x, y, teacher_out)
+        x, y = batch
+        t_logits, _ = self.teacher_out(batch, teacher_out)
         s_logits, _ = self.student(x)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

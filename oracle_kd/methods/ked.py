@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.features import Features
 from oracle_kd.core.losses import kd_loss
 from oracle_kd.core.precision import at_least_fp32
@@ -85,8 +86,9 @@ class KED(Distiller):
     cfg: KEDConfig
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: KEDConfig,
-                 input_shape: tuple[int, ...] | None = None) -> None:
-        super().__init__(student, teacher, cfg, input_shape)
+                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
+        super().__init__(student, teacher, cfg, input_shape, data)
+        input_shape = self.input_shape
         self.groups = 1
         self.regressors = nn.ModuleList()
         if input_shape is None or teacher is None:
@@ -118,10 +120,11 @@ class KED(Distiller):
         return sum((F.mse_loss(at_least_fp32(reg(s)), at_least_fp32(t))
                     for reg, s, t in zip(self.regressors, s_maps, t_maps)), torch.zeros((), device=s_maps[0].device))
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
         cfg = self.cfg
-        t_logits, t_feats = self.teacher_out(x, y, teacher_out)
+        t_logits, t_feats = self.teacher_out(batch, teacher_out)
         s_logits, s_feats = self.student(x)
         w = cfg.weights(self.groups)
         losses = {"ce": self.ce_loss(s_logits, y), "kd": w["kd"] * kd_loss(s_logits, t_logits, cfg.temperature)}

@@ -6,6 +6,7 @@ from typing import Callable
 
 from torch import nn
 
+from oracle_kd.core.batch import DataInfo
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods.base import Distiller, MethodConfig
 
@@ -31,10 +32,10 @@ def method_entry(name: str) -> tuple[type[Distiller], type[MethodConfig]]:
 
 
 def build_distiller(cfg: MethodConfig, student: nn.Module, teacher: nn.Module | None,
-                    input_shape: tuple[int, ...] | None = None) -> Distiller:
+                    input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> Distiller:
     """The method's Distiller. Build it after the models are on their device: extras built from a shape
     probe are created on the student's device."""
     cls, _ = method_entry(cfg.name)
     if cls.needs_teacher and teacher is None:
         raise ConfigError(f"method {cfg.name!r} needs a teacher")
-    return cls(student, teacher if cls.needs_teacher else None, cfg, input_shape)
+    return cls(student, teacher if cls.needs_teacher else None, cfg, input_shape, data)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.features import Features
 from oracle_kd.core.losses import attention_map, kd_loss, pool_to
 from oracle_kd.core.precision import at_least_fp32
@@ -116,8 +117,9 @@ class SAD(Distiller):
     cfg: SADConfig
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: SADConfig,
-                 input_shape: tuple[int, ...] | None = None) -> None:
-        super().__init__(student, teacher, cfg, input_shape)
+                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
+        super().__init__(student, teacher, cfg, input_shape, data)
+        input_shape = self.input_shape
         if input_shape is None:
             raise ValueError("sad sizes its query/key layers from a shape probe: pass input_shape")
         # eval-mode probes: a train-mode forward would move the teacher's BN running statistics
@@ -127,9 +129,10 @@ class SAD(Distiller):
         self.attention = LayerAttention([f.shape[1] for f in s_layers], [f.shape[1] for f in t_layers],
                                         cfg.dim).to(next(student.parameters()).device)
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        t_logits, t_feats = self.teacher_out(x, y, teacher_out)
+        x, y = batch
+        t_logits, t_feats = self.teacher_out(batch, teacher_out)
         s_logits, s_feats = self.student(x)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
@@ -56,9 +57,10 @@ class SP(Distiller):
 
     cfg: SPConfig
 
-    def forward_train(self, x: torch.Tensor, y: torch.Tensor, epoch: int,
+    def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, t_feats = self.teacher_out(x, y, teacher_out)
+        x, y = batch
+        _, t_feats = self.teacher_out(batch, teacher_out)
         s_logits, s_feats = self.student(x)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

@@ -62,8 +62,12 @@ def dataset_identity(dataset: Any) -> dict[str, Any]:
 
 
 def train_identity(train: Any) -> dict[str, Any]:
-    """The recipe; the chimeric phase's options (added later) enter only when it is on (chimeric_epochs > 0)."""
+    """The recipe; options added later enter only when they are on: the chimeric phase's (chimeric_epochs > 0)
+    and the optimizer's (train.optimizer other than sgd)."""
     out = dataclasses.asdict(train)
+    if out.get("optimizer", "sgd") == "sgd":
+        out.pop("optimizer", None)
+        out.pop("dot_delta", None)
     if not out["chimeric_epochs"]:
         for key in ("chimeric_epochs", "chimeric_size", "chimeric_lr"):
             out.pop(key)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from oracle_kd.cli import main
+from oracle_kd.core.batch import Batch
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import build_distiller, kd_loss
 from oracle_kd.methods.at import ATConfig, at_loss
@@ -111,14 +112,14 @@ def test_dkd_distiller_terms_and_warmup():
     # the terms themselves are checked against the reference above; here: wiring, weights, warm-up
     tckd, nckd = dkd_terms(s_logits, t_logits, y, 4.0)
     for epoch, factor in [(1, 0.05), (10, 0.5), (20, 1.0), (40, 1.0)]:
-        logits, losses = d.forward_train(x, y, epoch)
+        logits, losses = d.forward_train(Batch(x, y), epoch)
         assert set(losses) == {"ce", "tckd", "nckd"}
         torch.testing.assert_close(logits, s_logits)
         torch.testing.assert_close(losses["ce"], 0.7 * F.cross_entropy(s_logits, y))
         torch.testing.assert_close(losses["tckd"], factor * 1.5 * tckd)
         torch.testing.assert_close(losses["nckd"], factor * 8.0 * nckd)
     no_warmup = build_distiller(DKDConfig(warmup=0), student, teacher).train()
-    torch.testing.assert_close(no_warmup.forward_train(x, y, 1)[1]["nckd"], 8.0 * nckd)
+    torch.testing.assert_close(no_warmup.forward_train(Batch(x, y), 1)[1]["nckd"], 8.0 * nckd)
 
 
 # ---------------------------------------------------------------- AT
@@ -140,7 +141,7 @@ def test_at_distiller_matches_reference_across_widths_and_depths(teacher_name, s
     d = build_distiller(ATConfig(beta=1000.0, ce_weight=0.5), student, teacher, (3, 32, 32)).train()
     torch.manual_seed(4)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
-    logits, losses = d.forward_train(x, y, epoch=1)
+    logits, losses = d.forward_train(Batch(x, y), epoch=1)
     assert set(losses) == {"ce", "at"}
     with torch.no_grad():
         s_logits, s_feats = student(x)
@@ -186,7 +187,7 @@ def test_one_step_trains_the_student_and_never_touches_the_teacher(cfg):
     opt = torch.optim.SGD(d.trainable_parameters(), lr=0.1, momentum=0.9)
     torch.manual_seed(6)
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
-    _, losses = d.forward_train(x, y, epoch=25)
+    _, losses = d.forward_train(Batch(x, y), epoch=25)
     opt.zero_grad()
     sum(losses.values()).backward()
     opt.step()

@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.reinforce import reinforce
 from oracle_kd.methods import build_distiller, kd_loss
 from oracle_kd.methods.ce import CEConfig
@@ -88,7 +89,7 @@ def test_oracle_loss_is_ce_plus_alpha_tau2_kl_on_x_star(tiny_net):
     d = build_distiller(cfg, student, teacher)
     d.train()
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
-    logits, losses = d.forward_train(x, y, epoch=1)
+    logits, losses = d.forward_train(Batch(x, y), epoch=1)
     x_star = _independent_x_star(teacher, x, y, 0.3, "mean")
     with torch.no_grad():
         t_logits = teacher(x_star)[0]
@@ -103,7 +104,7 @@ def test_kd_teacher_sees_plain_x(tiny_net):
     teacher, student = tiny_net(5, 1, seed=1), tiny_net(5, 1, seed=2)
     d = build_distiller(KDConfig(alpha=1.0, temperature=4.0), student, teacher).train()
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
-    _, losses = d.forward_train(x, y, epoch=1)
+    _, losses = d.forward_train(Batch(x, y), epoch=1)
     with torch.no_grad():
         expected = kd_loss(student(x)[0], teacher(x)[0], 4.0)
     torch.testing.assert_close(losses["kd"], expected)
@@ -117,7 +118,7 @@ def test_teacher_gets_no_parameter_gradients_and_never_changes(tiny_net):
     assert not any(p is q for p in d.trainable_parameters() for q in teacher.parameters())
     for _ in range(3):
         x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
-        _, losses = d.forward_train(x, y, epoch=1)
+        _, losses = d.forward_train(Batch(x, y), epoch=1)
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
@@ -132,6 +133,6 @@ def test_ce_method_uses_no_teacher(tiny_net):
     student = tiny_net(5, 1)
     d = build_distiller(CEConfig(ce_weight=1.0), student, None).train()
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
-    logits, losses = d.forward_train(x, y, epoch=1)
+    logits, losses = d.forward_train(Batch(x, y), epoch=1)
     assert set(losses) == {"ce"}
     torch.testing.assert_close(losses["ce"], F.cross_entropy(logits, y))

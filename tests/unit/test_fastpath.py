@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from helpers.methods import plain_pair_config
+from oracle_kd.core.batch import Batch
 from oracle_kd.data import BatchLoader, ImageSet
 from oracle_kd.engine.hardware import autocast
 from oracle_kd.engine.step import train_step
@@ -45,12 +46,12 @@ def test_training_steps_never_wait_for_the_gpu(method):
     device = torch.device("cuda")
     d, opt, loader = _step_setup(device, method, channels_last=True)
     batches = list(loader.epoch(1))  # the loader itself is checked below, inside the debug mode
-    train_step(d.forward_train, opt, *batches[0], 1, autocast(device, "bf16"))  # lazy init outside the check
+    train_step(d.forward_train, opt, batches[0], 1, autocast(device, "bf16"))  # lazy init outside the check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for x, y in loader.epoch(2):
-            logits, losses, loss = train_step(d.forward_train, opt, x, y, 2, autocast(device, "bf16"))
+            logits, losses, loss = train_step(d.forward_train, opt, Batch(x, y), 2, autocast(device, "bf16"))
             correct = (logits.argmax(dim=1) == y).sum()  # the runner's on-device accumulation
     finally:
         torch.cuda.set_sync_debug_mode(0)
@@ -62,7 +63,7 @@ def _one_step(channels_last: bool, precision: str) -> tuple[torch.Tensor, dict[s
     d, opt, loader = _step_setup(device, "oracle", channels_last=channels_last)
     x, y = next(iter(loader.epoch(1)))
     amp = autocast(device, precision) if precision == "bf16" else contextlib.nullcontext()
-    _, losses, _ = train_step(d.forward_train, opt, x, y, 1, amp)
+    _, losses, _ = train_step(d.forward_train, opt, Batch(x, y), 1, amp)
     return torch.cat([p.detach().flatten() for p in d.student.parameters()]), losses
 
 

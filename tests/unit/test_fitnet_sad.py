@@ -16,6 +16,7 @@ from torch import nn
 
 from oracle_kd.cli import main
 from oracle_kd.config import CONF_DIR
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.features import Features
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import build_distiller, kd_loss
@@ -86,7 +87,7 @@ def test_fitnet_regressor_kinds_and_loss(s_size, t_size, transposed, kernel, str
     assert conv.kernel_size == (kernel, kernel) and conv.stride == (stride, stride)
     assert conv.padding == (padding, padding) and (conv.in_channels, conv.out_channels) == (6, 10)
     x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
-    logits, losses = d.forward_train(x, y, epoch=1)
+    logits, losses = d.forward_train(Batch(x, y), epoch=1)
     assert set(losses) == {"ce", "hint"}
     with torch.no_grad():
         t_map = teacher(x)[1].stages[2]
@@ -130,7 +131,7 @@ def build_checking_probe(cfg, p: dict):
 def test_fitnet_on_mismatched_resnets(cifar_pair):
     p = cifar_pair
     d = build_checking_probe(FitNetConfig(), p)
-    _, losses = d.forward_train(p["x"], p["y"], epoch=1)
+    _, losses = d.forward_train(Batch(p["x"], p["y"]), epoch=1)
     # layer2 is 16x16 for every CIFAR ResNet, so a 1x1 conv bridges the two
     hint = independent_hint(p["student"](p["x"])[1].stages[2], d.regressor[0], d.regressor[1], False, 1, 0)
     expected = 100.0 * ((hint - p["t_feats"].stages[2]) ** 2).mean()
@@ -164,7 +165,7 @@ def test_sad_loss_matches_independent_computation(cifar_pair):
     p = cifar_pair
     cfg = SADConfig(ce_weight=0.7, alpha=0.9, temperature=4.0, beta=200.0, dim=16)
     d = build_checking_probe(cfg, p)
-    logits, losses = d.forward_train(p["x"], p["y"], epoch=1)
+    logits, losses = d.forward_train(Batch(p["x"], p["y"]), epoch=1)
     assert set(losses) == {"ce", "kd", "sad"}
 
     s_logits, s_feats = p["student"](p["x"])
@@ -183,7 +184,7 @@ def test_sad_is_fp32_under_autocast():
     teacher, student = pair("resnet8", "resnet8", 10, 1)
     d = build_distiller(SADConfig(dim=8), student, teacher, (1, 8, 8)).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, losses = d.forward_train(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)), epoch=1)
+        _, losses = d.forward_train(Batch(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))), epoch=1)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     # the attention itself ignores autocast: bf16 features give exactly the fp32 result (two student
     # layers, so the softmax is not trivially 1 and bf16 projections would show)
@@ -226,7 +227,7 @@ def test_one_optimizer_step_trains_student_and_extras_only(method):
     extras_before = [p.detach().clone() for p in extras]
     opt = torch.optim.SGD(d.trainable_parameters(), lr=0.1, momentum=0.9)
     d.train()
-    _, losses = d.forward_train(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,)), epoch=1)
+    _, losses = d.forward_train(Batch(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))), epoch=1)
     opt.zero_grad()
     sum(losses.values()).backward()
     opt.step()

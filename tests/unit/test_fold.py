@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.reinforce import reinforce
 from oracle_kd.methods import build_distiller, method_entry
 from oracle_kd.models import available_models, build_model
@@ -72,7 +73,7 @@ def test_step_a_and_the_oracle_losses_are_unchanged_by_folding():
     for t in (teacher, folded):
         torch.manual_seed(1)
         d = build_distiller(cfg_cls(), build_model("resnet8", 10, 3), t, (3, 16, 16)).train()
-        losses.append(d.forward_train(x, y, 1)[1])
+        losses.append(d.forward_train(Batch(x, y), 1)[1])
     for k in losses[0]:
         torch.testing.assert_close(losses[1][k], losses[0][k], rtol=1e-4, atol=1e-5)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.losses import kd_loss
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import build_distiller
@@ -104,7 +105,7 @@ X, Y = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(3)), torc
 
 def test_the_ked_loss_is_its_three_terms_with_the_released_weights():
     d, teacher, student = _ked(KEDConfig())
-    logits, terms = d.forward_train(X, Y, epoch=1)
+    logits, terms = d.forward_train(Batch(X, Y), epoch=1)
     with torch.no_grad():
         z_t, f_t = teacher(X)
     z_s, f_s = d.student(X)
@@ -124,7 +125,7 @@ def test_ked_with_one_branch_and_equal_temperatures_is_kd():
     student = SFXCifarResNet(8, 5, 3, groups=1, branch_width=4)
     d = build_distiller(KEDConfig(temperature=4.0, tau=4.0), student, teacher, (3, 8, 8)).train()
     torch.manual_seed(1)
-    _, terms = d.forward_train(X, Y, epoch=1)
+    _, terms = d.forward_train(Batch(X, Y), epoch=1)
     torch.manual_seed(1)
     z_s, f_s = d.student(X)
     with torch.no_grad():
@@ -137,7 +138,7 @@ def test_ked_with_one_branch_and_equal_temperatures_is_kd():
 @pytest.mark.parametrize("feature", ["fitnet", "at", "sp"])
 def test_ked_plus_x_weights_each_branch_pair(feature):
     d, teacher, student = _ked(KEDConfig(feature=feature))
-    _, terms = d.forward_train(X, Y, epoch=1)
+    _, terms = d.forward_train(Batch(X, Y), epoch=1)
     z_s, f_s = d.student(X)
     with torch.no_grad():
         z_t, f_t = teacher(X)
@@ -161,7 +162,7 @@ def test_ked_plus_x_weights_each_branch_pair(feature):
 @pytest.mark.parametrize("feature", ["none", "at", "sp", "fitnet"])
 def test_the_kd_plus_x_baseline_runs_on_plain_models(feature):
     d, teacher, student = _ked(KEDConfig(baseline=True, feature=feature), "resnet8", "resnet14")
-    _, terms = d.forward_train(X, Y, epoch=1)
+    _, terms = d.forward_train(Batch(X, Y), epoch=1)
     z_s, f_s = d.student(X)
     with torch.no_grad():
         z_t, f_t = teacher(X)

@@ -12,6 +12,7 @@ from torch import nn
 
 from helpers.methods import plain_pair_config
 from oracle_kd.config import group_options
+from oracle_kd.core.batch import Batch
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import available_methods, build_distiller
 from oracle_kd.models import available_models, build_model, model_options
@@ -219,7 +220,7 @@ def test_every_method_trains_one_step(method: str, pair: str, base_models) -> No
     x, y = torch.randn(4, 3, size, size), torch.randint(0, 10, (4,))
     before = student.fc.weight.detach().clone()
 
-    logits, losses = distiller.forward_train(x, y, epoch=1)
+    logits, losses = distiller.forward_train(Batch(x, y), epoch=1)
     assert logits.shape == (4, 10)
     assert losses and all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     optimizer.zero_grad()

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from oracle_kd.core.batch import Batch
 from oracle_kd.methods.sp import SPConfig, similarity, sp_loss
 
 
@@ -43,7 +44,7 @@ def test_the_method_scales_the_term_by_beta(tiny_net):
     student, teacher = tiny_net(seed=0), tiny_net(seed=1)
     x, y = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 3, 4])
     d = build_distiller(SPConfig(beta=7.0), student, teacher, (1, 8, 8))
-    logits, terms = d.forward_train(x, y, epoch=1)
+    logits, terms = d.forward_train(Batch(x, y), epoch=1)
     with torch.no_grad():
         _, f_t = teacher(x)
     _, f_s = student(x)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from helpers.methods import plain_pair_config
+from oracle_kd.core.batch import Batch
 from oracle_kd.engine.weights import load_weights, read_state_dict
 from oracle_kd.methods import available_methods, build_distiller, method_entry
 from oracle_kd.models import build_model
@@ -93,7 +94,7 @@ def test_every_method_takes_a_step_on_each_family_pair(teacher: str, student: st
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=0.01)
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 100, (4,))
     before = {k: v.clone() for k, v in t.state_dict().items()}
-    logits, losses = distiller.forward_train(x, y, 1)
+    logits, losses = distiller.forward_train(Batch(x, y), 1)
     loss = sum(losses.values())
     assert logits.shape == (4, 100) and torch.isfinite(loss)
     loss.backward()

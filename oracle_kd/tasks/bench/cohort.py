@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle_kd.config import RunConfig
+from oracle_kd.core.batch import Batch
 from oracle_kd.core.teacher_view import TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.data import DataBundle, build_loader, load_dataset
 from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model, prepare_teacher
@@ -191,7 +192,7 @@ def solo_step(members: list[BenchMember], amp: contextlib.AbstractContextManager
     """One batch for every member, each computing its own teacher outputs: the members run one by one."""
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         for m in members:
-            train_step(m.distiller.forward_train, m.optimizer, x, y, EPOCH, amp)
+            train_step(m.distiller.forward_train, m.optimizer, Batch(x, y), EPOCH, amp)
 
     return step
 
@@ -208,7 +209,7 @@ def cohort_step(members: list[BenchMember], teacher: nn.Module, amp: contextlib.
             with amp:
                 outs = teacher_outputs(teacher, inputs, x, y)
         for m, key in zip(members, keys):
-            train_step(m.distiller.forward_train, m.optimizer, x, y, EPOCH, amp,
+            train_step(m.distiller.forward_train, m.optimizer, Batch(x, y), EPOCH, amp,
                        teacher_out=outs[key] if key is not None else None)
 
     return step

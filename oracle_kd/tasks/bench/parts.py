@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from oracle_kd.config import RunConfig
+from oracle_kd.core.batch import Batch
 from oracle_kd.data import DataBundle, ImageSet, build_loader, load_dataset
 from oracle_kd.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from oracle_kd.engine.hardware import autocast, prepare_model, prepare_teacher
@@ -94,6 +95,6 @@ def our_step(rc: RunConfig, cfg: MethodConfig, teacher_arch: str, student_arch: 
     amp = autocast(device, rc.hardware.precision)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(d.forward_train, opt, x, y, EPOCH, amp)
+        train_step(d.forward_train, opt, Batch(x, y), EPOCH, amp)
 
     return step

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import nn
 
 from oracle_kd.config import RunConfig
+from oracle_kd.core.batch import Batch
 from oracle_kd.data import DataBundle, ImageSet
 from oracle_kd.engine.step import make_optimizer
 from oracle_kd.methods import MethodConfig, build_distiller, method_entry
@@ -98,7 +99,7 @@ def _distiller_step(rc: RunConfig, cfg: MethodConfig, t_model: nn.Module, s_mode
     opt = make_optimizer(d.trainable_parameters(), rc.train)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        _, losses = d.forward_train(x, y, EPOCH)
+        _, losses = d.forward_train(Batch(x, y), EPOCH)
         loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()
