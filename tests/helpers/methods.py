@@ -1,14 +1,29 @@
-"""Every registered method, configured for a plain teacher-student pair (what the zoo and step tests build)."""
+"""Every registered method, configured for a plain teacher-student pair (what the zoo and step tests build),
+with the data facts and batch fields a method may read (training labels, sample indices)."""
 
 from __future__ import annotations
 
+import torch
+
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.methods import method_entry
 from oracle_kd.methods.base import MethodConfig
 
-# KED needs superfeature-explaining models; on a plain pair it is the paper's KD+X baseline (FitNet's regressor)
-ON_PLAIN_MODELS = {"ked": {"baseline": True, "feature": "fitnet"}}
+# KED needs superfeature-explaining models; on a plain pair it is the paper's KD+X baseline (FitNet's regressor).
+# CRD's 16384 negatives per sample cost more than these one-step checks need.
+ON_PLAIN_MODELS = {"ked": {"baseline": True, "feature": "fitnet"}, "crd": {"negatives": 32}}
 
 
 def plain_pair_config(method: str) -> MethodConfig:
     """The method's default config, with the options that make it run on plain (non-explaining) models."""
     return method_entry(method)[1](**ON_PLAIN_MODELS.get(method, {}))
+
+
+def tiny_data(shape: tuple[int, ...], classes: int, train: int = 64) -> DataInfo:
+    """A training split of `train` samples, classes in turn: what a method sizes itself by."""
+    return DataInfo(tuple(shape), classes, torch.arange(train) % classes)
+
+
+def batch_of(x: torch.Tensor, y: torch.Tensor, key: int = 0) -> Batch:
+    """A batch of the first len(y) training samples (indices 0, 1, ...), as a loader yields it."""
+    return Batch(x, y, torch.arange(len(y), device=x.device), key)

@@ -24,7 +24,11 @@ from oracle_kd.models import build_model
 # one thread: the killed launch runs in a subprocess, and CPU kernels round differently with other thread counts
 BASE = TINY_RUN
 MEMBERS = [["method=ce"], ["method=kd"], ["method=dkd"], ["method=at"], ["method=fitnet"], ["method=sad"],
-           ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"], ["method=sp"]]
+           ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"], ["method=sp"],
+           ["method=crd", "method.negatives=512"], ["method=kd", "train.optimizer=dot"],
+           ["method=crd", "method.negatives=512", "train.optimizer=dot"]]
+# methods with state of their own: CRD's memory bank (buffers) and DOT's two momentum buffers (optimizer state)
+STATEFUL = MEMBERS[9:]
 
 
 SOME = [MEMBERS[i] for i in (1, 5, 6, 7)]  # kd, sad, oracle γ=0.2 and 0.5: the faults need not all eight
@@ -63,10 +67,10 @@ def solo(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_a_cohort_gives_every_member_its_solo_records(solo, tmp_path):
     results = run_cohort(configs(tmp_path))
-    assert snapshot(tmp_path) == solo and len(solo) == 9
-    # the ce member is the oracle/kd members' auto teacher: trained first, alone; the other 8 together
-    assert sorted(r["cohort"]["size"] for r in results) == [1] + [8] * 8
-    shares = [r["cohort"]["time_share"] for r in results if r["cohort"]["size"] == 8]
+    assert snapshot(tmp_path) == solo and len(solo) == 12
+    # the ce member is the oracle/kd members' auto teacher: trained first, alone; the other 11 together
+    assert sorted(r["cohort"]["size"] for r in results) == [1] + [11] * 11
+    shares = [r["cohort"]["time_share"] for r in results if r["cohort"]["size"] == 11]
     assert all(0 < s < 1 for s in shares) and sum(shares) == pytest.approx(1.0, abs=0.02)
 
 
@@ -75,6 +79,15 @@ def test_a_stopped_cohort_resumes_to_the_uninterrupted_numbers(solo, tmp_path):
     assert [r["status"] for r in stopped] == ["stopped"] * 4
     run_cohort(configs(tmp_path, members=SOME))
     assert same_as_solo(tmp_path, solo) and len(snapshot(tmp_path)) == 5  # + the auto teacher
+
+
+def test_a_bank_and_two_momentum_buffers_resume_to_the_uninterrupted_numbers(solo, tmp_path):
+    """CRD, KD+DOT and CRD+DOT stopped after epoch 1 (last.pt holds the bank and both DOT buffers), then relaunched:
+    each alone for the first half, as a cohort for the second."""
+    for rc in configs(tmp_path, "stop_after_epoch=1", members=STATEFUL):
+        assert run_cohort([rc])[0]["status"] == "stopped"
+    run_cohort(configs(tmp_path, members=STATEFUL))
+    assert same_as_solo(tmp_path, solo) and len(snapshot(tmp_path)) == 4  # + the auto teacher
 
 
 def test_members_at_different_epochs_catch_up_before_sharing(solo, tmp_path):
@@ -133,22 +146,24 @@ def test_plan_shows_the_teachers_then_one_cohort_per_teacher(tmp_path, capsys):
     assert len(lines) == 4 + 4 + 16  # then every job's own plan line
 
 
-def test_a_killed_cohort_relaunched_finishes_with_the_uninterrupted_numbers(solo, tmp_path):
-    """kill -9 of the launching process once the first student epoch is on disk, then the same command."""
+@pytest.mark.parametrize("methods", [["method=ce,kd,oracle"], STATEFUL[2]], ids=["kd-oracle", "crd-dot"])
+def test_a_killed_cohort_relaunched_finishes_with_the_uninterrupted_numbers(solo, tmp_path, methods):
+    """kill -9 of the launching process once the first student epoch is on disk (so in epoch 2, with CRD's bank
+    and DOT's buffers moved since last.pt), then the same command."""
     store = tmp_path / "runs"
-    cmd = [sys.executable, str(SWEEPS.parent / "run.py"), *QUICK, "method=ce,kd,oracle", "hydra/launcher=cohort",
-           f"store={store}"]
+    cmd = [sys.executable, str(SWEEPS.parent / "run.py"), *QUICK, *methods, "hydra/launcher=cohort", f"store={store}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
-    while not any(p.stat().st_size for p in store.glob("digits/[!c]*/*/*/metrics.jsonl")):
+    while not any(p.stat().st_size for p in store.glob("digits/*/*/*/metrics.jsonl") if p.parts[-4] != "ce"):
         assert proc.poll() is None and time.time() < deadline, "the cohort ended before it could be killed"
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(list(store.rglob("result.json"))) < 3  # killed mid-cohort: students unfinished
+    runs = 3 if "kd" in methods[0] else 2  # the students and their ce teacher
+    assert len(list(store.rglob("result.json"))) < runs  # killed mid-cohort: students unfinished
     assert subprocess.run(cmd, cwd=tmp_path, capture_output=True, timeout=600).returncode == 0
-    assert same_as_solo(store, solo) and len(snapshot(store)) == 3
+    assert same_as_solo(store, solo) and len(snapshot(store)) == runs
 
 
 def test_a_member_with_a_non_finite_loss_fails_alone(tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oracle_kd.core.batch import Batch
+from helpers.methods import batch_of, plain_pair_config, tiny_data
 from oracle_kd.core.features import Features
 from oracle_kd.engine.step import train_step
 from oracle_kd.methods import available_methods, build_distiller, method_entry
@@ -57,9 +57,9 @@ def _pair(name: str, dtype: torch.dtype = torch.float32) -> tuple:
     teacher = build_model(f"{prefix}resnet14", CLASSES, SHAPE[0], image_size=SHAPE[1]).to(dtype)
     student = build_model(f"{prefix}resnet8", CLASSES, SHAPE[0], image_size=SHAPE[1]).to(dtype)
     cls, cfg_cls = method_entry(name)
-    cfg = cfg_cls()
-    cfg.validate()  # a method's defaults are valid
-    return build_distiller(cfg, student, teacher if cls.needs_teacher else None, SHAPE), cls
+    cfg_cls().validate()  # a method's defaults are valid
+    cfg = plain_pair_config(name) if name not in EXPLAINING else cfg_cls()
+    return build_distiller(cfg, student, teacher if cls.needs_teacher else None, data=tiny_data(SHAPE, CLASSES)), cls
 
 
 @pytest.mark.parametrize("name", available_methods())
@@ -78,7 +78,7 @@ def test_every_method_keeps_the_distiller_contract(name: str) -> None:
     assert not any(k.startswith("teacher.") for k in d.trainable_state_dict())
 
     x, y = torch.randn(6, *SHAPE), torch.randint(0, CLASSES, (6,))
-    logits, losses = d.forward_train(Batch(x, y), 1)
+    logits, losses = d.forward_train(batch_of(x, y), 1)
     assert logits.shape == (6, CLASSES) and losses
     for term, value in losses.items():
         assert value.dim() == 0 and value.dtype == torch.float32 and torch.isfinite(value), term
@@ -95,7 +95,7 @@ def test_a_step_trains_the_student_and_never_the_teacher(name: str) -> None:
     state_before = copy.deepcopy(d.trainable_state_dict())
     opt = torch.optim.SGD(d.trainable_parameters(), lr=0.1)
     x, y = torch.randn(6, *SHAPE), torch.randint(0, CLASSES, (6,))
-    train_step(d.forward_train, opt, Batch(x, y), 1, contextlib.nullcontext())
+    train_step(d.forward_train, opt, batch_of(x, y), 1, contextlib.nullcontext())
     for k, v in teacher_before.items():  # weights and BN running statistics alike
         assert torch.equal(d.teacher.state_dict()[k], v), k
     assert any(not torch.equal(d.student.state_dict()[k], v) for k, v in student_before.items())
@@ -113,7 +113,7 @@ def test_every_method_stays_in_float64_in_an_fp64_run(name: str) -> None:
     d, _ = _pair(name, torch.float64)
     d = d.to(torch.float64).train()  # as the engine does: the method's own modules too
     x, y = torch.randn(4, *SHAPE, dtype=torch.float64), torch.randint(0, CLASSES, (4,))
-    logits, losses = d.forward_train(Batch(x, y), 1)
+    logits, losses = d.forward_train(batch_of(x, y), 1)
     assert logits.dtype == torch.float64 and all(v.dtype == torch.float64 for v in losses.values()), losses
     sum(losses.values()).backward()
     assert all(p.grad.dtype == torch.float64 for p in d.trainable_parameters() if p.grad is not None)

@@ -10,9 +10,8 @@ import torch
 import torchvision
 from torch import nn
 
-from helpers.methods import plain_pair_config
+from helpers.methods import batch_of, plain_pair_config, tiny_data
 from oracle_kd.config import group_options
-from oracle_kd.core.batch import Batch
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import available_methods, build_distiller
 from oracle_kd.models import available_models, build_model, model_options
@@ -213,14 +212,14 @@ def test_every_method_trains_one_step(method: str, pair: str, base_models) -> No
     assert method in available_methods()
     size = PAIRS[pair][3]
     teacher, student = (copy.deepcopy(m) for m in base_models[pair])
-    distiller = build_distiller(plain_pair_config(method), student, teacher, input_shape=(3, size, size))
+    distiller = build_distiller(plain_pair_config(method), student, teacher, data=tiny_data((3, size, size), 10))
     distiller.train()
     optimizer = torch.optim.SGD(list(distiller.trainable_parameters()), lr=0.01)
     torch.manual_seed(1)
     x, y = torch.randn(4, 3, size, size), torch.randint(0, 10, (4,))
     before = student.fc.weight.detach().clone()
 
-    logits, losses = distiller.forward_train(Batch(x, y), epoch=1)
+    logits, losses = distiller.forward_train(batch_of(x, y), epoch=1)
     assert logits.shape == (4, 10)
     assert losses and all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
     optimizer.zero_grad()

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers.methods import plain_pair_config
-from oracle_kd.core.batch import Batch
+from helpers.methods import batch_of, plain_pair_config, tiny_data
 from oracle_kd.engine.weights import load_weights, read_state_dict
 from oracle_kd.methods import available_methods, build_distiller, method_entry
 from oracle_kd.models import build_model
@@ -90,11 +89,11 @@ def test_state_dict_layout_is_mdistillers(name: str) -> None:
 def test_every_method_takes_a_step_on_each_family_pair(teacher: str, student: str, method: str) -> None:
     torch.manual_seed(0)
     t, s = build_model(teacher, 100, 3), build_model(student, 100, 3)
-    distiller = build_distiller(plain_pair_config(method), s, t, (3, 16, 16)).train()  # 16 px: shapes as at 32, cheaper
+    distiller = build_distiller(plain_pair_config(method), s, t, data=tiny_data((3, 16, 16), 100)).train()  # 16 px
     optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=0.01)
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 100, (4,))
     before = {k: v.clone() for k, v in t.state_dict().items()}
-    logits, losses = distiller.forward_train(Batch(x, y), 1)
+    logits, losses = distiller.forward_train(batch_of(x, y), 1)
     loss = sum(losses.values())
     assert logits.shape == (4, 100) and torch.isfinite(loss)
     loss.backward()
