@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from oracle_kd.data import available_datasets
-from oracle_kd.errors import ConfigError, choice, mask_credentials, require
-from oracle_kd.methods import MethodConfig, available_methods, method_entry
-from oracle_kd.models import available_models
+from oracle_kd.core.batch import Batch, DataInfo
+from oracle_kd.core.teacher_view import PLAIN
+from oracle_kd.data import available_datasets, dataset_shape
+from oracle_kd.errors import ConfigError, choice, mask_credentials, reason, require
+from oracle_kd.methods import MethodConfig, available_methods, build_distiller, method_entry
+from oracle_kd.models import available_models, build_model
 from oracle_kd.paths import CONF_DIR
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -360,4 +364,51 @@ def validate(cfg: DictConfig) -> RunConfig:
     for section in rc.sections.values():
         if hasattr(section, "validate"):
             section.validate()
+    if rc.task in ("train", "plan"):
+        check_pairing(rc)
     return rc
+
+
+_PAIRINGS: dict[str, str | None] = {}  # key → the problem found (None: none), per process
+
+
+def check_pairing(rc: RunConfig) -> None:
+    """Build the run's method on its teacher and student (fresh weights, on the CPU, a stand-in split of one
+    sample per class) and take one training forward on two stand-in images of the dataset's shape. Whatever a
+    method's constructor or loss refuses (AT's stage counts, FitNet's hint stage, KED's models, a regressor that
+    cannot be built) and what a training phase needs of the method is then one line before anything loads or
+    trains, not after an auto teacher has trained. Cached per process by dataset, pair, method and phase."""
+    key = json.dumps([rc.dataset.name, dataclasses.asdict(rc.teacher), dataclasses.asdict(rc.student),
+                      dataclasses.asdict(rc.method), rc.train.chimeric_epochs > 0], sort_keys=True, default=str)
+    if key not in _PAIRINGS:
+        with torch.random.fork_rng(devices=[]):  # the process RNG is the runs', not the check's
+            _PAIRINGS[key] = _pairing_problem(rc)
+    problem = _PAIRINGS[key]
+    if problem is not None:
+        raise ConfigError(problem)
+
+
+def _pairing_problem(rc: RunConfig) -> str | None:
+    shape, name = dataset_shape(rc.dataset.name), rc.method.name
+    cls = method_entry(name)[0]
+    size, c, k = shape.image_size, shape.channels, shape.classes
+    if rc.train.chimeric_epochs > 0:
+        if not shape.in_memory:
+            return f"train.chimeric_epochs needs a dataset held in memory (digits, CIFAR), not {rc.dataset.name}"
+        if not cls.needs_teacher:
+            return f"train.chimeric_epochs: the chimeric samples are labelled by a teacher; method {name} has none"
+    torch.manual_seed(0)
+    try:
+        student = build_model(rc.student.arch, k, c, image_size=size, stem=rc.student.stem)
+        teacher = build_model(rc.teacher.arch, k, c, image_size=size, stem=rc.teacher.stem) if cls.needs_teacher else None
+        d = build_distiller(rc.method, student, teacher, data=DataInfo((c, size, size), k, torch.arange(k))).train()
+        if rc.train.chimeric_epochs > 0 and d.teacher_input() != PLAIN:
+            return (f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain input, "
+                    f"so the method needs one (kd, ked, ...), not {name}")
+        d.forward_train(Batch(torch.randn(2, c, size, size), torch.arange(2) % k, torch.arange(2) % k), 1)
+    except ConfigError as exc:
+        return str(exc)
+    except Exception as exc:  # a shape the loss cannot take: the pair is not one this method can distil
+        return (f"method {name} cannot distil teacher {rc.teacher.arch} into student {rc.student.arch} on "
+                f"{rc.dataset.name}: {reason(exc)}")
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,30 @@ _LOADERS: dict[str, Loader] = {
     "tiny_imagenet": load_tiny_imagenet,
     "imagenet": load_imagenet,
 }
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a dataset's batches look like, known without reading it: checks made before any data is loaded
+    (a method that cannot pair two models at this input size, a phase that needs the split in memory)."""
+
+    channels: int
+    image_size: int
+    classes: int
+    in_memory: bool  # an ImageSet (digits, CIFAR) rather than files decoded by workers
+
+
+_SHAPES = {
+    "digits": DatasetShape(1, 8, 10, True),
+    "cifar10": DatasetShape(3, 32, 10, True),
+    "cifar100": DatasetShape(3, 32, 100, True),
+    "tiny_imagenet": DatasetShape(3, 64, 200, False),
+    "imagenet": DatasetShape(3, 224, 1000, False),  # the evaluation crop
+}
+
+
+def dataset_shape(name: str) -> DatasetShape:
+    return _SHAPES[name]
 
 
 def available_datasets() -> list[str]:

@@ -249,9 +249,6 @@ class Member:
         # the method's own modules (regressors, connectors) in the run's dtype too
         distiller = in_run_dtype(build_distiller(rc.method, student, teacher, data=stream.data_info()).to(device),
                                  rc.hardware.precision)
-        if rc.train.chimeric_epochs > 0 and distiller.teacher_input() is not PLAIN:
-            raise ConfigError(f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain "
-                              f"input, so the method needs one (kd, ked, ...), not {rc.method.name}")
         forward_train = distributed.wrap_for_training(distiller, stream.env, device, sync_bn=rc.hardware.sync_bn)
         optimizer = make_optimizer(distiller.trainable_parameters(), rc.train)
         return cls(job, stream.env.is_main, distiller, forward_train, optimizer)
