@@ -29,3 +29,10 @@ class Features:
     pooled: torch.Tensor | None = None
     branch_logits: list[torch.Tensor] = field(default_factory=list)
     branch_maps: list[torch.Tensor] = field(default_factory=list)
+
+    def detach(self) -> "Features":
+        """The same activations cut from the graph (a teacher pass taken with gradients on, handed on as the
+        plain no-grad pass)."""
+        return Features([t.detach() for t in self.stages], [t.detach() for t in self.blocks],
+                        self.pooled.detach() if self.pooled is not None else None,
+                        [t.detach() for t in self.branch_logits], [t.detach() for t in self.branch_maps])

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oracle_kd.core.features import Features
 from oracle_kd.core.precision import at_least_fp32
 
 REDUCTIONS = ("mean", "sum")
@@ -21,7 +22,15 @@ REDUCTIONS = ("mean", "sum")
 
 def input_gradient(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, reduction: str = "mean",
                    mean_over: int | None = None) -> torch.Tensor:
-    """∂CE(teacher(x), y)/∂x for a teacher in eval mode.
+    """∂CE(teacher(x), y)/∂x for a teacher in eval mode (see `input_gradient_and_output`)."""
+    return input_gradient_and_output(teacher, x, y, reduction=reduction, mean_over=mean_over)[0]
+
+
+def input_gradient_and_output(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, reduction: str = "mean",
+                              mean_over: int | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, Features]]:
+    """∂CE(teacher(x), y)/∂x for a teacher in eval mode, and teacher(x) itself (logits and Features, detached):
+    the forward the gradient needs is the plain teacher pass too, so runs that read teacher(x) need not take it
+    again.
 
     reduction="mean" (the released code) differentiates the batch-mean CE, so each sample moves by γ/B;
     "sum" differentiates the per-sample sum, which makes γ independent of the batch size. `mean_over`
@@ -31,13 +40,13 @@ def input_gradient(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, *, redu
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     x_in = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits, _ = teacher(x_in)
+        logits, feats = teacher(x_in)
         if reduction == "mean" and mean_over is not None and mean_over != y.numel():
             loss = F.cross_entropy(at_least_fp32(logits), y, reduction="sum") / mean_over
         else:
             loss = F.cross_entropy(at_least_fp32(logits), y, reduction=reduction)
         (grad,) = torch.autograd.grad(loss, x_in)
-    return grad
+    return grad, (logits.detach(), feats.detach())
 
 
 def reinforced(x: torch.Tensor, grad: torch.Tensor, gamma: float) -> torch.Tensor:

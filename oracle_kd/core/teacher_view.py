@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from oracle_kd.core.features import Features
-from oracle_kd.core.reinforce import input_gradient, reinforce, reinforced
+from oracle_kd.core.reinforce import input_gradient_and_output, reinforce, reinforced
 
 TeacherOut = tuple[torch.Tensor, Features]
 
@@ -38,15 +38,22 @@ PLAIN = TeacherInput()
 
 def teacher_outputs(teacher: nn.Module, inputs: Iterable[TeacherInput], x: torch.Tensor, y: torch.Tensor,
                     mean_over: int | None = None) -> dict[TeacherInput, TeacherOut]:
-    """teacher(input) for each distinct input, the teacher's forwards under no_grad."""
+    """teacher(input) for each distinct input, the teacher's forwards under no_grad; the plain pass teacher(x) is
+    the forward of Step A's input gradient when one is taken (the same ops on the same tensors: no pass twice)."""
     grads: dict[str, torch.Tensor] = {}
     out: dict[TeacherInput, TeacherOut] = {}
-    for inp in dict.fromkeys(inputs):
+    wanted = list(dict.fromkeys(inputs))
+    for inp in sorted(wanted, key=lambda i: i == PLAIN):  # Step A's forward first: it is the plain pass too
+        if inp == PLAIN and inp in out:
+            continue
         if inp.gamma == 0:
             x_t = x
         elif inp.rec_num == 1:
             if inp.reduction not in grads:
-                grads[inp.reduction] = input_gradient(teacher, x, y, reduction=inp.reduction, mean_over=mean_over)
+                grads[inp.reduction], plain = input_gradient_and_output(teacher, x, y, reduction=inp.reduction,
+                                                                        mean_over=mean_over)
+                if PLAIN in wanted:
+                    out.setdefault(PLAIN, plain)
             x_t = reinforced(x, grads[inp.reduction], inp.gamma)
         else:
             x_t = reinforce(teacher, x, y, gamma=inp.gamma, reduction=inp.reduction, rec_num=inp.rec_num,

@@ -1,0 +1,213 @@
+"""What one run owns in a cohort: its folder and identity (`Job`), and its student, method extras, optimizer,
+schedule, train state and metrics (`Member`), with the per-epoch meter of its loss terms."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from oracle_kd.config import RunConfig
+from oracle_kd.core.batch import Batch
+from oracle_kd.core.precision import at_least_fp32
+from oracle_kd.core.teacher_view import TeacherOut
+from oracle_kd.engine import distributed
+from oracle_kd.engine.curves import Curves, open_curves
+from oracle_kd.engine.hardware import in_run_dtype, prepare_model
+from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
+from oracle_kd.engine.step import ForwardTrain, lr_at, make_optimizer, set_lr, train_step
+from oracle_kd.engine.stream import Stream
+from oracle_kd.engine.teacher import build_run_model, identify, needs_teacher
+from oracle_kd.errors import StoreError, reason
+from oracle_kd.methods import Distiller, build_distiller
+from oracle_kd.store import record, run_folder
+from oracle_kd.store.io import append_metrics, atomic_write_json, read_metrics, write_metrics
+
+log = logging.getLogger("oracle_kd")
+
+
+class EpochMeter:
+    """Per-epoch sums of the loss terms and correct predictions, kept on the device (no per-step sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums: dict[str, Any] = {}
+        self.correct = torch.zeros((), device=device)
+        self.seen = 0
+        self.steps = 0
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+
+    @torch.no_grad()
+    def add(self, logits: torch.Tensor, losses: dict[str, torch.Tensor], loss: torch.Tensor, y: torch.Tensor,
+            global_batch: int | None) -> None:
+        bad = ~torch.isfinite(loss.detach())  # any non-finite term makes the total non-finite
+        self.first_bad = torch.where((self.first_bad < 0) & bad, self.steps, self.first_bad)
+        self.steps += 1
+        b = y.numel()
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0) + at_least_fp32(v.detach()) * b
+        self.sums["loss"] = self.sums.get("loss", 0) + at_least_fp32(loss.detach()) * b
+        self.correct += (logits.argmax(dim=1) == y).sum()
+        self.seen += global_batch or b
+
+    def totals(self, env: distributed.DistEnv) -> dict[str, float]:
+        names = list(self.sums)
+        totals = distributed.all_reduce_sum(torch.stack([*(self.sums[k] for k in names), self.correct.float()]),
+                                            env).tolist()
+        out = {f"train_{k}": v / self.seen for k, v in zip(names, totals)}
+        out["train_top1"] = 100.0 * totals[-1] / self.seen
+        return out
+
+    def failure(self, totals: dict[str, float]) -> str | None:
+        """What went non-finite this epoch (first step, loss terms), or None."""
+        terms = [k.removeprefix("train_") for k, v in totals.items() if not math.isfinite(v)]
+        if not terms:
+            return None
+        step = int(self.first_bad.item())
+        return f"non-finite loss at step {step + 1 if step >= 0 else '?'} (terms: {', '.join(terms)})"
+
+
+@dataclass
+class Job:
+    """A run to train: its config and identity."""
+
+    rc: RunConfig
+    semantic: dict[str, Any]
+    rid: str
+    folder: Path
+    rebuild: str | None = None  # why its finished record is unusable: it is rebuilt from last.pt, never retrained
+
+    @classmethod
+    def of(cls, rc: RunConfig) -> "Job":
+        return cls(rc, *identify(rc))
+
+
+@dataclass
+class Member:
+    """One run's own part: its folder and record, student + method extras, optimizer, schedule and state."""
+
+    job: Job
+    main: bool
+    distiller: Distiller
+    forward_train: ForwardTrain
+    optimizer: torch.optim.Optimizer
+    teacher_info: dict[str, Any] | None = None
+    state: TrainState = field(default_factory=TrainState)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics rows so far (also kept in last.pt)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    stopped: bool = False
+    failed: str | None = None
+    curves: Curves = field(default_factory=Curves)  # logger=tensorboard: <folder>/tb/, opened by resume
+
+    @classmethod
+    def build(cls, job: Job, stream: Stream) -> "Member":
+        """Seed, then build the student and the method (a shape probe may draw from the RNG) on the device."""
+        rc = job.rc
+        seed_everything(rc.seed)
+        data, device = stream.data, stream.device
+        student = prepare_model(build_run_model(rc.student.arch, rc.student.stem, data, stream.superfeatures), device,
+                                rc.hardware)
+        teacher = stream.teacher if needs_teacher(rc) else None
+        # the method's own modules (regressors, connectors) in the run's dtype too
+        distiller = in_run_dtype(build_distiller(rc.method, student, teacher, data=stream.data_info()).to(device),
+                                 rc.hardware.precision)
+        forward_train = distributed.wrap_for_training(distiller, stream.env, device, sync_bn=rc.hardware.sync_bn)
+        optimizer = make_optimizer(distiller.trainable_parameters(), rc.train)
+        return cls(job, stream.env.is_main, distiller, forward_train, optimizer)
+
+    @property
+    def rc(self) -> RunConfig:
+        return self.job.rc
+
+    @property
+    def label(self) -> str:
+        teacher = self.rc.teacher.arch if self.distiller.teacher is not None else "none"
+        return f"{self.rc.method.name} {teacher}->{self.rc.student.arch}"
+
+    @property
+    def training(self) -> bool:
+        """Epochs left, not stopped by stop_after_epoch, not failed."""
+        return not self.stopped and self.failed is None and self.state.epoch < self.rc.train.total_epochs
+
+    def write_config(self) -> None:
+        if self.main:
+            atomic_write_json(self.job.folder / record.CONFIG, {"run_id": self.job.rid, "semantic": self.job.semantic,
+                                                                "config": self.rc.as_dict()})
+
+    def resume(self, device: torch.device) -> bool:
+        """Continue from last.pt, or start clean; metrics.jsonl is rewritten from the checkpoint's rows. Under
+        the run's lock, so stale temp files and a previous launch's failure.json are cleared first.
+
+        Returns False when last.pt is unreadable: it is set aside as last.pt.corrupt and the caller builds
+        the member afresh (restart from epoch 0). A run whose finished record must be rebuilt (`job.rebuild`)
+        is never retrained: without a complete last.pt that is a StoreError."""
+        folder, rid, epochs = self.job.folder, self.job.rid, self.rc.train.total_epochs
+        metrics, ckpt = folder / record.METRICS, folder / record.CHECKPOINT
+        if self.job.rebuild and not ckpt.exists():
+            raise StoreError(f"run {rid}: {self.job.rebuild}, and there is no last.pt to rebuild it from; "
+                             f"delete {str(folder)!r} to train the run again")
+        if self.main:
+            run_folder.take_up(folder)
+        if ckpt.exists():
+            try:
+                self.state, rows = load_checkpoint(ckpt, self.distiller, self.optimizer, device)
+            except Exception as exc:  # truncated, garbled, refused by weights_only, or not our layout
+                why = reason(exc)
+                if self.job.rebuild:
+                    raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt cannot rebuild it ({why}); "
+                                     f"delete {str(folder)!r} to train the run again") from None
+                if self.main:
+                    run_folder.set_aside(ckpt)
+                log.warning("run %s: last.pt is unreadable (%s): kept as last.pt%s, training restarts from epoch 0",
+                            rid, why, record.CORRUPT_SUFFIX)
+                return False
+            self.rows = rows if rows is not None else [r for r in read_metrics(metrics) if r["epoch"] <= self.state.epoch]
+            if self.main:
+                write_metrics(metrics, self.rows)
+            log.info("resuming run %s from epoch %d/%d", rid, self.state.epoch, epochs)
+        elif self.main and metrics.exists():
+            metrics.unlink()  # rows of a launch that died before its first checkpoint
+        if self.job.rebuild:
+            if self.state.epoch < epochs:
+                raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt cannot rebuild it (it holds epoch "
+                                 f"{self.state.epoch} of {epochs}); delete {str(folder)!r} to train the run again")
+            result = folder / record.RESULT
+            if self.main and self.job.rebuild.startswith(record.RESULT) and result.exists():
+                run_folder.set_aside(result)
+            log.warning("run %s: %s: rebuilding its record from last.pt (all %d epochs done)%s", rid,
+                        self.job.rebuild, epochs, f"; the damaged file is kept as {record.RESULT}{record.CORRUPT_SUFFIX}"
+                        if self.job.rebuild.startswith(record.RESULT) else "")
+        stop = self.rc.stop_after_epoch
+        if stop is not None and stop <= self.state.epoch < epochs:  # relaunched with the same stop: stop at once
+            self.stopped = True
+            log.info("run %s is already past stop_after_epoch=%d (epoch %d): not training", rid, stop, self.state.epoch)
+        self.curves = open_curves(self.rc.logger, folder, self.rows, self.job.semantic, main=self.main)
+        return True
+
+    def step(self, batch: Batch, epoch: int, progress: float, stream: Stream,
+             global_batch: int | None, teacher_out: TeacherOut | None, meter: EpochMeter) -> None:
+        """One optimisation step on the shared batch (per-step warm-up, DDP shard weighting)."""
+        t = self.rc.train
+        if epoch <= t.warmup_epochs:
+            set_lr(self.optimizer, lr_at(t, epoch, progress))
+        scale = 1.0
+        if global_batch is not None:  # a shard: DDP averages over ranks, so weight it by its share of the batch
+            self.distiller.global_batch_size = global_batch
+            scale = batch.y.numel() * stream.env.world_size / global_batch
+        logits, losses, loss = train_step(self.forward_train, self.optimizer, batch, epoch, stream.amp, scale,
+                                          teacher_out)
+        meter.add(logits, losses, loss, batch.y, self.distiller.global_batch_size)
+
+    def save_epoch(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if self.main:
+            append_metrics(self.job.folder / record.METRICS, row)
+            save_checkpoint(self.job.folder / record.CHECKPOINT, self.distiller, self.optimizer, self.state, row["lr"],
+                            self.rows)
+            self.curves.log(row)
+
+
+__all__ = ["EpochMeter", "Job", "Member"]
