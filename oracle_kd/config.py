@@ -102,6 +102,11 @@ class TrainConfig:
     optimizer: str = "sgd"  # sgd | dot: DOT's task and distillation momenta are momentum ∓ dot_delta
     dot_delta: float = 0.075  # DOT's δ (0.075 on CIFAR, 0.09 on ImageNet in its reference)
 
+    def for_teacher(self) -> "TrainConfig":
+        """The recipe a teacher trains with: the main phase, plain SGD (a chimeric phase and DOT are the
+        student's)."""
+        return dataclasses.replace(self, chimeric_epochs=0, chimeric_size=0, chimeric_lr=0.0, optimizer="sgd")
+
     @property
     def total_epochs(self) -> int:
         """The main epochs plus the chimeric phase's: where a run is finished."""

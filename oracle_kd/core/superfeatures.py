@@ -15,11 +15,13 @@ for any twice-differentiable model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import functools
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from oracle_kd.core.needs import Artefact, Phase
 from oracle_kd.errors import ConfigError, require
 
 if TYPE_CHECKING:
@@ -225,3 +227,55 @@ def chimeric_samples(x: Tensor, partition: list[list[int]], donors: Tensor) -> T
         cols = torch.as_tensor(group, dtype=torch.int64, device=x.device)
         out[:, cols] = x[donors[:, i, None], cols[None, :]]
     return out
+
+
+# ----------------------------------------------------------------------------- the artefact and the phase
+NAME = "superfeatures"  # the artefact's name: its store folder, its key in a run's identity, the model option it fills
+SAMPLES = 1000  # training samples the input Hessian is averaged over (the released code's N_hess)
+DEFAULT_GROUPS = 4  # M in the KED code's every experiment
+
+
+@torch.no_grad()
+def mean_prediction(model: nn.Module, sample: Callable[[Tensor], Tensor], count: int, batch: int = 512) -> Tensor:
+    """The model's softmax averaged over the training split, in float64 (KED's prior π)."""
+    total: Tensor | None = None
+    for lo in range(0, count, batch):
+        p = torch.softmax(model(sample(torch.arange(lo, min(lo + batch, count))))[0].double(), dim=1).sum(dim=0)
+        total = p if total is None else total + p
+    assert total is not None, "an empty training split"
+    return total / count
+
+
+def superfeatures_from(model: nn.Module, sample: Callable[[Tensor], Tensor], count: int, seed: int, *,
+                       groups: int, samples: int) -> dict[str, Any]:
+    """Partition and log-prior from the ordinary teacher `model` (eval mode): the ReLU input Hessian over
+    `samples` training samples drawn by the run seed, Louvain to exactly `groups` groups, π = its mean
+    prediction. `sample(indices)` gives those training images, normalised, on the model's device."""
+    idx = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:samples]
+    x = sample(idx)
+    shape = tuple(x.shape[1:])
+    h = relu_input_hessian(lambda v: model(v.view(-1, *shape))[0], x.flatten(1))
+    partition, resolution = louvain_search(affinity(h.cpu().double()), groups)
+    log_prior = mean_prediction(model, sample, count).log().float().cpu().tolist()
+    return {"partition": partition, "log_prior": log_prior, "resolution": resolution,
+            "sizes": [len(p) for p in partition]}
+
+
+def superfeature_artefact(groups: int, default: bool = False) -> Artefact:
+    """The input superfeatures of M = `groups` as an artefact of the ordinary teacher's run."""
+    return Artefact(NAME, (("groups", groups), ("samples", SAMPLES)),
+                    functools.partial(superfeatures_from, groups=groups, samples=SAMPLES), default)
+
+
+def chimeric_images(images: Tensor, made: dict[str, Any], seed: int, *, size: int) -> Tensor:
+    """`size` chimeric uint8 images from the training images: superfeature i of each taken from a random real
+    sample a_i (distinct donor tuples, drawn by the run seed); `made` holds the run's artefacts."""
+    g = torch.Generator().manual_seed(seed)
+    partition = made[NAME]["partition"]
+    donors = chimeric_indices(len(images), len(partition), size, g)
+    return chimeric_samples(images.flatten(1), partition, donors).view(size, *images.shape[1:]).contiguous()
+
+
+def chimeric_phase(epochs: int, size: int, lr: float) -> Phase:
+    """KED's chimeric phase: `epochs` over `size` chimeric samples, labelled by the teacher."""
+    return Phase("chimeric", epochs, lr, functools.partial(chimeric_images, size=size), (("chimeric_size", size),))

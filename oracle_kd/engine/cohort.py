@@ -14,21 +14,22 @@ import json
 from typing import Any
 
 from oracle_kd.config import RunConfig
-from oracle_kd.engine.teacher import needs_superfeatures, needs_teacher, superfeature_identity, teacher_identity
+from oracle_kd.engine.teacher import artefact_identity, needs, needs_teacher, teacher_identity
 from oracle_kd.store.identity import content_hash
 
 
 def stream_key(rc: RunConfig) -> str:
-    """What fixes the batches a run sees (and the device they are on); `dataset.download` does not. The input
-    superfeatures and the chimeric samples drawn from them are part of the stream where a run uses them."""
+    """What fixes the batches a run sees (and the device they are on); `dataset.download` does not. The run's
+    artefacts and what its later phases add (`core.needs`) are part of it where a run has them."""
     dataset = {k: v for k, v in dataclasses.asdict(rc.dataset).items() if k != "download"}
     key: dict[str, Any] = {"dataset": dataset, "seed": rc.seed, "batch_size": rc.train.batch_size,
                            "drop_last": rc.train.drop_last, "hardware": dataclasses.asdict(rc.hardware),
                            "store": rc.store}
-    if needs_superfeatures(rc):
-        key["superfeatures"] = superfeature_identity(rc)
-    if rc.train.chimeric_epochs > 0:
-        key["chimeric_size"] = rc.train.chimeric_size
+    run_needs = needs(rc)
+    for art in run_needs.artefacts:
+        key[art.name] = artefact_identity(rc, art)
+    for phase in run_needs.phases:
+        key.update(phase.stream)
     return content_hash(key)
 
 

@@ -13,6 +13,7 @@ import torch
 
 from oracle_kd.config import RunConfig
 from oracle_kd.core.batch import Batch
+from oracle_kd.core.needs import Phase
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.engine import distributed
@@ -21,7 +22,7 @@ from oracle_kd.engine.hardware import in_run_dtype, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.stream import Stream
-from oracle_kd.engine.teacher import build_run_model, identify, needs_teacher
+from oracle_kd.engine.teacher import build_run_model, identify, needs, needs_teacher
 from oracle_kd.errors import StoreError, reason
 from oracle_kd.methods import Distiller, build_distiller
 from oracle_kd.store import record, run_folder
@@ -101,6 +102,7 @@ class Member:
     stopped: bool = False
     failed: str | None = None
     curves: Curves = field(default_factory=Curves)  # logger=tensorboard: <folder>/tb/, opened by resume
+    phases: list[Phase] = field(default_factory=list)  # after the main epochs, in order (`core.needs`)
 
     @classmethod
     def build(cls, job: Job, stream: Stream) -> "Member":
@@ -108,7 +110,7 @@ class Member:
         rc = job.rc
         seed_everything(rc.seed)
         data, device = stream.data, stream.device
-        student = prepare_model(build_run_model(rc.student.arch, rc.student.stem, data, stream.superfeatures), device,
+        student = prepare_model(build_run_model(rc.student.arch, rc.student.stem, data, stream.artefacts), device,
                                 rc.hardware)
         teacher = stream.teacher if needs_teacher(rc) else None
         # the method's own modules (regressors, connectors) in the run's dtype too
@@ -116,7 +118,7 @@ class Member:
                                  rc.hardware.precision)
         forward_train = distributed.wrap_for_training(distiller, stream.env, device, sync_bn=rc.hardware.sync_bn)
         optimizer = make_optimizer(distiller.trainable_parameters(), rc.train)
-        return cls(job, stream.env.is_main, distiller, forward_train, optimizer)
+        return cls(job, stream.env.is_main, distiller, forward_train, optimizer, phases=needs(rc).phases)
 
     @property
     def rc(self) -> RunConfig:
@@ -126,6 +128,25 @@ class Member:
     def label(self) -> str:
         teacher = self.rc.teacher.arch if self.distiller.teacher is not None else "none"
         return f"{self.rc.method.name} {teacher}->{self.rc.student.arch}"
+
+    def phase_at(self, epoch: int) -> str | None:
+        """The phase (1-based) `epoch` belongs to: None for the main epochs, else a later phase's name."""
+        end = self.rc.train.epochs
+        for phase in self.phases:
+            if epoch <= end:
+                break
+            end += phase.epochs
+            if epoch <= end:
+                return phase.name
+        return None
+
+    def lr(self, epoch: int, progress: float = 1.0) -> float:
+        """The schedule's rate (`lr_at`), or a later phase's own rate where it sets one."""
+        name = self.phase_at(epoch)
+        phase = next((p for p in self.phases if p.name == name), None)
+        if phase is not None and phase.lr > 0:
+            return phase.lr
+        return lr_at(self.rc.train, epoch, progress)
 
     @property
     def training(self) -> bool:
@@ -192,7 +213,7 @@ class Member:
         """One optimisation step on the shared batch (per-step warm-up, DDP shard weighting)."""
         t = self.rc.train
         if epoch <= t.warmup_epochs:
-            set_lr(self.optimizer, lr_at(t, epoch, progress))
+            set_lr(self.optimizer, self.lr(epoch, progress))
         scale = 1.0
         if global_batch is not None:  # a shard: DDP averages over ranks, so weight it by its share of the batch
             self.distiller.global_batch_size = global_batch

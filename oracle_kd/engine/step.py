@@ -36,10 +36,7 @@ def lr_at(t: TrainConfig, epoch: int, progress: float = 1.0) -> float:
     """The learning rate at `progress` ∈ (0, 1] through (1-based) `epoch`: a linear per-step warm-up over
     the first `warmup_epochs`, then ×lr_decay after each milestone (MultiStepLR's convention: milestone m
     lowers the rate from epoch m+1 on). A pure function of the position in training, so resuming needs no
-    scheduler state beyond the epoch number. The chimeric phase after the main epochs runs at `chimeric_lr`
-    when it is set."""
-    if epoch > t.epochs and t.chimeric_lr > 0:
-        return t.chimeric_lr
+    scheduler state beyond the epoch number. Past the main epochs (a later phase) the last rate goes on."""
     if epoch <= t.warmup_epochs:
         return t.lr * (epoch - 1 + progress) / t.warmup_epochs
     return t.lr * t.lr_decay ** sum(1 for m in t.milestones if m < epoch)

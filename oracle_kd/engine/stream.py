@@ -1,6 +1,6 @@
 """What the runs of a cohort share: the device, the data and its batch stream, and the frozen teacher, whose
 outputs are computed here once per batch for every run that asks the same. The runs a stream needs first
-(an auto teacher, the source of input superfeatures) are finished before it opens (`trainer.prerequisites`)."""
+(an auto teacher, the source of an artefact) are finished before it opens (`trainer.prerequisites`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from oracle_kd.core.batch import DataInfo
 from oracle_kd.core.teacher_view import TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.data import BatchLoader, DataBundle, FolderLoader, ImageSet, build_loader, load_dataset, train_subset
 from oracle_kd.engine import distributed
+from oracle_kd.engine.artefacts import obtain_artefacts
 from oracle_kd.engine.hardware import apply_hardware, autocast, param_dtype
 from oracle_kd.engine.step import evaluate
-from oracle_kd.engine.superfeatures import chimeric_set, obtain_superfeatures
-from oracle_kd.engine.teacher import build_teacher, identify, needs_superfeatures, needs_teacher, teacher_run_config
+from oracle_kd.engine.teacher import build_teacher, identify, needs, needs_teacher, teacher_run_config
 from oracle_kd.errors import ConfigError, StoreError
 from oracle_kd.store import record
 
@@ -29,7 +29,7 @@ Loader = BatchLoader | FolderLoader
 
 
 def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device,
-                 superfeatures: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                 artefacts: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher: a finished auto-teacher run's model.pt from the store, or a checkpoint file."""
     tresult = None
     if rc.teacher.checkpoint == "auto":
@@ -41,7 +41,7 @@ def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device,
         path, source = tdir / record.MODEL, f"run {trid}"
     else:
         path, source = Path(rc.teacher.checkpoint), rc.teacher.checkpoint
-    teacher = build_teacher(rc, data, device, path, source, superfeatures)
+    teacher = build_teacher(rc, data, device, path, source, artefacts)
     info = {"arch": rc.teacher.arch, "source": source,
             "train_best_top1": tresult["best_top1"] if tresult else None}
     return teacher, info
@@ -61,8 +61,8 @@ class Stream:
     train_loader: Loader | None = None
     loader_kw: dict[str, Any] = field(default_factory=dict)
     test_loaders: dict[int, Loader] = field(default_factory=dict)
-    superfeatures: dict[str, Any] | None = None  # input superfeatures (partition, log prior) of sfx MLP runs
-    chimeric_loader: Loader | None = None  # the chimeric phase's samples, labelled by the teacher per batch
+    artefacts: dict[str, Any] = field(default_factory=dict)  # by name: what the runs' models and phases read
+    phase_loaders: dict[str, Loader] = field(default_factory=dict)  # later phases' samples, labelled per batch
 
     @classmethod
     def open(cls, rc: RunConfig, env: distributed.DistEnv, device_name: str) -> "Stream":
@@ -71,10 +71,9 @@ class Stream:
                             download=rc.dataset.download)
         data = train_subset(full, rc.dataset.train_size, rc.seed)
         stream = cls(env, device, autocast(device, rc.hardware.precision), data)
-        if needs_superfeatures(rc):  # from the ordinary teacher (finished: `prerequisites` came first)
-            stream.superfeatures = obtain_superfeatures(rc, full, device)
+        stream.artefacts = obtain_artefacts(rc, full, device)  # from runs finished first (`prerequisites`)
         if needs_teacher(rc):
-            stream.teacher, stream.teacher_info = load_teacher(rc, data, device, stream.superfeatures)
+            stream.teacher, stream.teacher_info = load_teacher(rc, data, device, stream.artefacts)
         return stream
 
     def open_loaders(self, rc: RunConfig) -> None:
@@ -85,21 +84,24 @@ class Stream:
         t = rc.train
         self.train_loader = build_loader(self.data, "train", batch_size=t.batch_size, pad=rc.dataset.crop_pad,
                                          flip=rc.dataset.flip, drop_last=t.drop_last, **self.loader_kw)
-        if t.chimeric_epochs > 0:
-            if not isinstance(self.data.train, ImageSet) or self.superfeatures is None:
-                raise ConfigError(f"train.chimeric_epochs needs a dataset held in memory (digits, CIFAR), "
+        for phase in needs(rc).phases:  # made from the training images, labelled by the teacher as they train
+            if not isinstance(self.data.train, ImageSet):
+                raise ConfigError(f"the {phase.name} phase needs a dataset held in memory (digits, CIFAR), "
                                   f"not {rc.dataset.name}")
-            chimeric = chimeric_set(self.data.train, self.superfeatures["partition"], t.chimeric_size, rc.seed)
-            self.chimeric_loader = build_loader(dataclasses.replace(self.data, train=chimeric), "train",
-                                                batch_size=t.batch_size, drop_last=t.drop_last, **self.loader_kw)
+            images = phase.make(self.data.train.images, self.artefacts, rc.seed)
+            made = ImageSet(images, torch.zeros(len(images), dtype=torch.long))
+            self.phase_loaders[phase.name] = build_loader(dataclasses.replace(self.data, train=made), "train",
+                                                          batch_size=t.batch_size, drop_last=t.drop_last,
+                                                          **self.loader_kw)
 
     def data_info(self) -> DataInfo:
         """What a method may size itself by (every split keeps its labels in memory, folder sets too)."""
         d = self.data
         return DataInfo((d.in_channels, d.image_size, d.image_size), d.num_classes, d.train.labels)
 
-    def loader(self, chimeric: bool) -> Loader:
-        loader = self.chimeric_loader if chimeric else self.train_loader
+    def loader(self, phase: str | None = None) -> Loader:
+        """The main phase's batches, or a later phase's."""
+        loader = self.phase_loaders[phase] if phase is not None else self.train_loader
         assert loader is not None, "open_loaders first"
         return loader
 

@@ -25,13 +25,13 @@ from oracle_kd.data import DataBundle
 from oracle_kd.engine import distributed
 from oracle_kd.engine.cohort import check_cohort
 from oracle_kd.engine.member import EpochMeter, Job, Member
-from oracle_kd.engine.step import evaluate, lr_at, set_lr
+from oracle_kd.engine.step import evaluate, set_lr
 from oracle_kd.engine.stream import Stream, load_teacher
 from oracle_kd.engine.teacher import (
+    artefact_source_config,
     identify,
-    needs_superfeatures,
+    needs,
     needs_teacher,
-    superfeature_source_config,
     teacher_run_config,
 )
 from oracle_kd.errors import ConfigError, OracleKDError, StoreError, TrainingError, from_scheduler, reason
@@ -45,13 +45,13 @@ log = logging.getLogger("oracle_kd")
 
 def prerequisites(rc: RunConfig) -> list[tuple[RunConfig, str]]:
     """The runs that must be finished before `rc` trains, in order, each with the line logged when it is trained
-    first: the ordinary teacher whose input Hessian defines the input superfeatures (where the run uses them),
-    then the auto teacher."""
+    first: the source of the run's artefacts (where it has any), then the auto teacher."""
     out = []
-    if needs_superfeatures(rc):
-        src = superfeature_source_config(rc)
-        out.append((src, f"the ordinary teacher {src.student.arch}, which defines the input superfeatures, is not in "
-                         f"the store: training it first (run {identify(src)[1]})"))
+    artefacts = [art.name for art in needs(rc).artefacts]
+    if artefacts:
+        src = artefact_source_config(rc)
+        out.append((src, f"the ordinary teacher {src.student.arch}, which defines the run's {', '.join(artefacts)}, "
+                         f"is not in the store: training it first (run {identify(src)[1]})"))
     if needs_teacher(rc) and rc.teacher.checkpoint == "auto":
         trc = teacher_run_config(rc)
         out.append((trc, f"teacher {rc.teacher.arch} on {rc.dataset.name} (seed {rc.seed}) is not in the store: "
@@ -60,11 +60,11 @@ def prerequisites(rc: RunConfig) -> list[tuple[RunConfig, str]]:
 
 
 def obtain_teacher(rc: RunConfig, data: DataBundle, device: torch.device,
-                   superfeatures: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                   artefacts: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher, from the store (its run trained first if missing) or from a checkpoint file."""
     for prerequisite, line in prerequisites(rc):
         run(prerequisite, announce=line)
-    return load_teacher(rc, data, device, superfeatures)
+    return load_teacher(rc, data, device, artefacts)
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -98,14 +98,14 @@ class Trainer:
                 self.members[i] = fresh
 
     def epoch(self, epoch: int, group: list[Member], bar: Any,
-              chimeric: bool = False) -> tuple[list[EpochMeter], list[float]]:
-        """One epoch of shared batches for `group`; returns each member's meter and its share of the time. In
-        the chimeric phase the batches are chimeric samples, labelled by the teacher's prediction on them."""
+              phase: str | None = None) -> tuple[list[EpochMeter], list[float]]:
+        """One epoch of shared batches for `group`; returns each member's meter and its share of the time. In a
+        later phase the batches are the phase's samples, labelled by the teacher's prediction on them."""
         s = self.stream
-        loader = s.loader(chimeric)
+        loader = s.loader(phase)
         steps = len(loader)
         for m in group:
-            set_lr(m.optimizer, lr_at(m.rc.train, epoch))
+            set_lr(m.optimizer, m.lr(epoch))
             m.distiller.train()
         meters = [EpochMeter(s.device) for _ in group]
         own = [0.0] * len(group)
@@ -115,7 +115,7 @@ class Trainer:
         for step, batch in enumerate(loader.epoch(epoch)):
             global_batch = loader.global_batch_size(step) if s.env.active else None
             outs = s.teacher_outputs(inputs, batch.x, batch.y, global_batch)
-            if chimeric:  # every member's teacher sees the plain input (checked when it was built)
+            if phase is not None:  # every member's teacher sees the plain input (checked with the config)
                 batch = batch.with_labels(outs[PLAIN][0].argmax(dim=1))
             for i, m in enumerate(group):
                 t0 = time.perf_counter()
@@ -149,7 +149,7 @@ class Trainer:
             atomic_torch_save(m.job.folder / record.BEST, m.distiller.student.state_dict())
         m.state.epoch = epoch
         m.state.wall_time_s += train_time + time.perf_counter() - start
-        row = {"epoch": epoch, "lr": lr_at(m.rc.train, epoch), **train_metrics, "test_top1": m.last_eval["top1"],
+        row = {"epoch": epoch, "lr": m.lr(epoch), **train_metrics, "test_top1": m.last_eval["top1"],
                "test_top5": m.last_eval["top5"], "test_loss": m.last_eval["loss"], "epoch_time_s": train_time}
         m.save_epoch(row)
         stop = m.rc.stop_after_epoch
@@ -195,9 +195,8 @@ class Trainer:
         rc, n = self.jobs[0].rc, len(self.members)
         desc = f"{self.members[0].label} s{rc.seed}" if n == 1 else f"cohort of {n} on {rc.dataset.name} s{rc.seed}"
 
-        def steps(m: Member, upto: int) -> int:  # steps in epochs 1..upto (the chimeric phase has its own loader)
-            main = min(upto, m.rc.train.epochs)
-            return main * len(self.stream.loader(False)) + (upto - main) * len(self.stream.loader(upto > main))
+        def steps(m: Member, upto: int) -> int:  # steps in epochs 1..upto (a later phase has its own loader)
+            return sum(len(self.stream.loader(m.phase_at(e))) for e in range(1, upto + 1))
 
         return tqdm(total=sum(steps(m, m.rc.train.total_epochs) for m in self.members),
                     initial=sum(steps(m, m.state.epoch) for m in self.members), mininterval=1.0, desc=desc,
@@ -216,10 +215,10 @@ class Trainer:
         while any(m.training for m in self.members):
             epoch = min(m.state.epoch for m in self.members if m.training) + 1
             group = [m for m in self.members if m.training and m.state.epoch + 1 == epoch]
-            chimeric = epoch > group[0].rc.train.epochs  # one phase at a time: its members share one loader
-            group = [m for m in group if (epoch > m.rc.train.epochs) == chimeric]
+            phase = group[0].phase_at(epoch)  # one phase at a time: its members share one loader
+            group = [m for m in group if m.phase_at(epoch) == phase]
             start = time.perf_counter()
-            meters, shares = self.epoch(epoch, group, bar, chimeric)
+            meters, shares = self.epoch(epoch, group, bar, phase)
             cohort_time = time.perf_counter() - start
             for m, meter, share in zip(group, meters, shares):
                 row = self.evaluate(m, epoch, meter, cohort_time * share, cohort_time)

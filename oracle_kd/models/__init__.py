@@ -11,5 +11,12 @@ from oracle_kd.models import shufflenet as _shufflenet  # noqa: F401  (registers
 from oracle_kd.models import vgg as _vgg  # noqa: F401  (registers models)
 from oracle_kd.models import wrn as _wrn  # noqa: F401  (registers models)
 from oracle_kd.models.registry import available_models, build_model, model_options, register_model
+from oracle_kd.models.sfx import PLAIN_OF
 
-__all__ = ["Features", "available_models", "build_model", "model_options", "register_model"]
+
+def plain_counterpart(arch: str) -> str:
+    """The plain model an explaining model (`sfx*`) is matched to; any other model is its own."""
+    return PLAIN_OF.get(arch, arch)
+
+
+__all__ = ["Features", "available_models", "build_model", "model_options", "plain_counterpart", "register_model"]

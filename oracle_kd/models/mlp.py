@@ -1,8 +1,9 @@
 """Multilayer perceptrons on flattened inputs, plain and superfeature-explaining (KED's MLP version).
 
 `mlp{W}`: d → W → W → classes with ReLU. `sfx4_mlp{W}`: the KED network over *input* superfeatures, a
-partition of the d input features into M groups S_1..S_M found from an ordinary teacher (engine/superfeatures):
-branch i is its own d_i → w → w → classes MLP that sees only x[S_i], and the prediction is
+partition of the d input features into M groups S_1..S_M found from an ordinary teacher (`core/superfeatures`;
+the run declares it as an artefact below, and the engine makes it once per teacher): branch i is its own
+d_i → w → w → classes MLP that sees only x[S_i], and the prediction is
 z = Σ_i log_softmax(z^i) − (M−1)·log π, with π the ordinary teacher's mean prediction on the training set.
 Because branch i reads only its own features, its output on a chimeric input (S_i taken from sample a_i) is
 its output on a_i. The branch width w matches the plain `mlp{W}`'s parameter count, as the released code's
@@ -21,12 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from oracle_kd.core.features import Features
+from oracle_kd.core.needs import Needs, RunView, register_needs
+from oracle_kd.core.superfeatures import superfeature_artefact
+from oracle_kd.errors import ConfigError
 from oracle_kd.models.registry import register_model
 from oracle_kd.models.sfx import GROUPS, PLAIN_OF, combine_branches, matched_width
 
 DEPTH = 2  # hidden layers, as in the released code's MLPs (784-500-500-10 teacher, 784-20-20-10 student)
 WIDTHS = (16, 32, 64, 128, 256, 512)
-INPUT_SUPERFEATURES: dict[str, int] = {}  # sfx MLP name -> its group count M (engine: which runs need a partition)
+INPUT_SUPERFEATURES: dict[str, int] = {}  # sfx MLP name -> its group count M (which runs need a partition)
 
 
 def _stack(d: int, width: int, depth: int) -> nn.ModuleList:
@@ -128,3 +132,15 @@ def _register_sfx(width: int, groups: int) -> None:
 for _w in WIDTHS:
     _register_plain(_w)
     _register_sfx(_w, GROUPS)
+
+
+@register_needs
+def _input_superfeatures(view: RunView) -> Needs:
+    """A run with an MLP over input superfeatures (as student, or as its teacher) needs the partition and prior
+    of the ordinary teacher, with the models' M (teacher and student must agree)."""
+    counts = {INPUT_SUPERFEATURES[a] for a in (view.student, view.teacher) if a in INPUT_SUPERFEATURES}
+    if len(counts) > 1:
+        raise ConfigError(f"teacher {view.teacher} and student {view.student} have different superfeature counts; "
+                          f"pick models with the same M")
+    return Needs([superfeature_artefact(counts.pop())]) if counts else Needs()
+

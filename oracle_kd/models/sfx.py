@@ -22,13 +22,14 @@ from torch import nn
 
 from oracle_kd.core.features import Features
 from oracle_kd.core.precision import at_least_fp32
+from oracle_kd.core.superfeatures import DEFAULT_GROUPS
 from oracle_kd.models.cifar_resnet import BasicBlock, CifarResNet
 from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
 from oracle_kd.models.vgg import VGG_WIDTHS, CifarVGG, ConvGroup, _halve
 from oracle_kd.models.wrn import WideBasicBlock, WideResNet
 
-GROUPS = 4  # M in the KED code's every CNN experiment
+GROUPS = DEFAULT_GROUPS  # M in the KED code's every CNN experiment
 PLAIN_OF: dict[str, str] = {}  # explaining model name -> the plain model it is matched to (and explains)
 Trunk = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]  # (stages, blocks, output) of the shared part
 

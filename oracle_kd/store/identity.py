@@ -33,12 +33,12 @@ def uses_teacher(rc: RunConfig) -> bool:
 
 
 def semantic_config(rc: RunConfig, teacher_identity: dict[str, Any] | None,
-                    superfeatures: dict[str, Any] | None = None) -> dict[str, Any]:
+                    artefacts: dict[str, Any] | None = None) -> dict[str, Any]:
     """The part of a RunConfig that defines the run. `teacher_identity` is None for methods without a
-    teacher, so a `ce` run is the same run whether launched by hand or as an auto teacher. `superfeatures`
-    (the identity of an input-superfeature partition) enters only for the runs that use one."""
-    extra = {"superfeatures": superfeatures} if superfeatures is not None else {}
-    return {**extra,
+    teacher, so a `ce` run is the same run whether launched by hand or as an auto teacher. `artefacts` (the
+    identity of each artefact the run uses, by name: KED's input superfeatures) enter only for the runs that
+    use them."""
+    return {**(artefacts or {}),
         "dataset": dataset_identity(rc.dataset),
         "student": rc.student.arch if rc.student.stem == "auto" else dataclasses.asdict(rc.student),
         "teacher": teacher_identity,

@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oracle_kd.core.superfeatures import input_hessian, relu_input_hessian
+from oracle_kd.core.superfeatures import chimeric_images, input_hessian, relu_input_hessian
 from oracle_kd.data import ImageSet
-from oracle_kd.engine.superfeatures import chimeric_set
 from oracle_kd.models import build_model
 from oracle_kd.models.sfx import combine_branches
 
@@ -82,15 +81,16 @@ def test_the_closed_form_hessian_of_our_mlp_equals_autograd():
 def test_a_chimeric_sample_gets_its_donors_branch_outputs():
     g = torch.Generator().manual_seed(0)
     train = ImageSet(torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=g), torch.zeros(12, dtype=torch.long))
-    chimeric = chimeric_set(train, PARTITION, size=20, seed=3)
-    assert chimeric.images.shape == (20, 1, 8, 8) and chimeric.images.dtype == torch.uint8
+    made = {"superfeatures": {"partition": PARTITION}}  # the run's artefacts, as the chimeric phase reads them
+    images = chimeric_images(train.images, made, 3, size=20)
+    assert images.shape == (20, 1, 8, 8) and images.dtype == torch.uint8
     model = _sfx()
     real = train.images.flatten(1).float()
-    synth = chimeric.images.flatten(1).float()
+    synth = images.flatten(1).float()
     _, f_real = model(real.view(-1, 1, 8, 8))
     _, f_synth = model(synth.view(-1, 1, 8, 8))
     for k in range(20):  # find each group's donor: the real sample whose features S_i match
         for i, group in enumerate(PARTITION):
             donor = next(n for n in range(12) if torch.equal(real[n, group], synth[k, group]))
             torch.testing.assert_close(f_synth.branch_logits[i][k], f_real.branch_logits[i][donor])
-    assert torch.equal(chimeric_set(train, PARTITION, 20, 3).images, chimeric.images)  # drawn by the seed
+    assert torch.equal(chimeric_images(train.images, made, 3, size=20), images)  # drawn by the seed
