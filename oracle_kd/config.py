@@ -402,6 +402,8 @@ def _pairing_problem(rc: RunConfig) -> str | None:
             return f"train.chimeric_epochs needs a dataset held in memory (digits, CIFAR), not {rc.dataset.name}"
         if not cls.needs_teacher:
             return f"train.chimeric_epochs: the chimeric samples are labelled by a teacher; method {name} has none"
+    if cls.views and not shape.in_memory:
+        return f"method {name} reads extra views of each batch, made from a dataset held in memory (digits, CIFAR)"
     torch.manual_seed(0)
     try:
         student = build_model(rc.student.arch, k, c, image_size=size, stem=rc.student.stem)
@@ -410,7 +412,8 @@ def _pairing_problem(rc: RunConfig) -> str | None:
         if rc.train.chimeric_epochs > 0 and d.teacher_input() != PLAIN:
             return (f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain input, "
                     f"so the method needs one (kd, ked, ...), not {name}")
-        d.forward_train(Batch(torch.randn(2, c, size, size), torch.arange(2) % k, torch.arange(2) % k), 1)
+        x = torch.randn(2, c, size, size)
+        d.forward_train(Batch(x, torch.arange(2) % k, torch.arange(2) % k, views={v: x for v in cls.views}), 1)
     except ConfigError as exc:
         return str(exc)
     except Exception as exc:  # a shape the loss cannot take: the pair is not one this method can distil

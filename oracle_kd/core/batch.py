@@ -10,27 +10,30 @@ after a resume, in a cohort and alone, and never moves the process RNG.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
 
 
-def batch_key(seed: int, epoch: int, batch: int) -> int:
-    """A 63-bit seed for a method's own draws on one batch (distinct from the loader's generator seeds)."""
-    digest = hashlib.sha256(f"oracle-kd batch {seed} {epoch} {batch}".encode()).digest()
+def batch_key(seed: int, epoch: int, batch: int, salt: str = "") -> int:
+    """A 63-bit seed for a method's own draws on one batch (distinct from the loader's generator seeds); a
+    `salt` gives another independent one (an extra view's augmentation)."""
+    digest = hashlib.sha256(f"oracle-kd batch {seed} {epoch} {batch}{salt}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass
 class Batch:
-    """x (normalised images), y (labels), `index` (each sample's position in its split, on x's device) and
-    `key` (see `batch_key`). Unpacks as (x, y), for code that needs only those."""
+    """x (normalised images), y (labels), `index` (each sample's position in its split, on x's device), `key`
+    (see `batch_key`) and `views` (extra views of the same images by name, normalised, for the methods that
+    declared them: MLKD's "strong"). Unpacks as (x, y), for code that needs only those."""
 
     x: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor | None = None
     key: int = 0
+    views: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         yield self.x

@@ -11,7 +11,10 @@ from oracle_kd.core.batch import Batch, batch_key
 from oracle_kd.data.augment import apply_augment, draw_augment, normalize
 from oracle_kd.data.batching import EPOCH_STRIDE, Batching
 from oracle_kd.data.imagefolder import FolderLoader
+from oracle_kd.data.strong import strong_view
 from oracle_kd.data.types import DataBundle, ImageSet
+
+VIEWS = {"strong": strong_view}  # extra views a method may declare (`Distiller.views`), by name
 
 
 class BatchLoader(Batching):
@@ -26,8 +29,13 @@ class BatchLoader(Batching):
     def __init__(self, data: ImageSet, *, batch_size: int, train: bool, mean: Sequence[float],
                  std: Sequence[float], pad: int = 0, flip: bool = False, device: str | torch.device = "cpu",
                  seed: int = 0, drop_last: bool = False, channels_last: bool = False,
-                 shard: tuple[int, int] = (0, 1), dtype: torch.dtype = torch.float32) -> None:
+                 shard: tuple[int, int] = (0, 1), dtype: torch.dtype = torch.float32,
+                 views: tuple[str, ...] = ()) -> None:
         self._init_batching(len(data), batch_size, train, drop_last, shard)
+        unknown = sorted(set(views) - set(VIEWS))
+        if unknown:
+            raise ValueError(f"BatchLoader: unknown view(s) {unknown}; known: {sorted(VIEWS)}")
+        self.views = tuple(views) if train else ()
         self.device = torch.device(device)
         r = self.local_range  # moved once; batches are gathered on the device
         self.images = data.images[r.start:r.stop].to(self.device)
@@ -58,16 +66,20 @@ class BatchLoader(Batching):
                 idx = order[lo:hi][part]
                 x = apply_augment(self.images[idx], draws[part], pad=self.pad)
                 y = self.labels[idx]
-            x = normalize(x, self.mean, self.std, self.dtype)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield Batch(x, y, idx, batch_key(self.seed, epoch, b))
+            yield Batch(self._ready(x), y, idx, batch_key(self.seed, epoch, b),
+                        {v: self._ready(VIEWS[v](self.images[idx], batch_key(self.seed, epoch, b, v), pad=self.pad,
+                                                 flip=self.flip)) for v in self.views})
+
+    def _ready(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels as the model's input: normalised, in the run's dtype and memory format."""
+        x = normalize(x, self.mean, self.std, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def build_loader(bundle: DataBundle, split: Literal["train", "test"], *, batch_size: int, seed: int,
                  device: str | torch.device, channels_last: bool = False, drop_last: bool = False, pad: int = 0,
                  flip: bool = False, workers: int = 4, shard: tuple[int, int] = (0, 1),
-                 dtype: torch.dtype = torch.float32) -> BatchLoader | FolderLoader:
+                 dtype: torch.dtype = torch.float32, views: tuple[str, ...] = ()) -> BatchLoader | FolderLoader:
     """The loader for one split of any bundle, so the runner need not know how a dataset is stored.
 
     "train" shuffles and augments (pad/flip; for ImageNet-style bundles RandomResizedCrop + flip, pad
@@ -85,5 +97,7 @@ def build_loader(bundle: DataBundle, split: Literal["train", "test"], *, batch_s
     if train:
         kw.update(pad=pad, flip=flip, seed=seed, drop_last=drop_last)
     if bundle.kind == "memory":
-        return BatchLoader(data, **kw)
+        return BatchLoader(data, views=views if train else (), **kw)
+    if views:
+        raise ValueError(f"extra views ({', '.join(views)}) are made from a dataset held in memory, not {bundle.name}")
     return FolderLoader(data, transforms=bundle.transforms, workers=workers, **kw)

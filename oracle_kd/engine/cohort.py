@@ -15,6 +15,7 @@ from typing import Any
 
 from oracle_kd.config import RunConfig
 from oracle_kd.engine.teacher import artefact_identity, needs, needs_teacher, teacher_identity
+from oracle_kd.methods import method_entry
 from oracle_kd.store.identity import content_hash
 
 
@@ -25,6 +26,9 @@ def stream_key(rc: RunConfig) -> str:
     key: dict[str, Any] = {"dataset": dataset, "seed": rc.seed, "batch_size": rc.train.batch_size,
                            "drop_last": rc.train.drop_last, "hardware": dataclasses.asdict(rc.hardware),
                            "store": rc.store}
+    views = method_entry(rc.method.name)[0].views
+    if views:
+        key["views"] = list(views)
     run_needs = needs(rc)
     for art in run_needs.artefacts:
         key[art.name] = artefact_identity(rc, art)

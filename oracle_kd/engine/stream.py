@@ -23,6 +23,7 @@ from oracle_kd.engine.hardware import apply_hardware, autocast, param_dtype
 from oracle_kd.engine.step import evaluate
 from oracle_kd.engine.teacher import build_teacher, identify, needs, needs_teacher, teacher_run_config
 from oracle_kd.errors import ConfigError, StoreError
+from oracle_kd.methods import method_entry
 from oracle_kd.store import record
 
 Loader = BatchLoader | FolderLoader
@@ -83,7 +84,8 @@ class Stream:
                               dtype=param_dtype(rc.hardware.precision))
         t = rc.train
         self.train_loader = build_loader(self.data, "train", batch_size=t.batch_size, pad=rc.dataset.crop_pad,
-                                         flip=rc.dataset.flip, drop_last=t.drop_last, **self.loader_kw)
+                                         flip=rc.dataset.flip, drop_last=t.drop_last,
+                                         views=method_entry(rc.method.name)[0].views, **self.loader_kw)
         for phase in needs(rc).phases:  # made from the training images, labelled by the teacher as they train
             if not isinstance(self.data.train, ImageSet):
                 raise ConfigError(f"the {phase.name} phase needs a dataset held in memory (digits, CIFAR), "

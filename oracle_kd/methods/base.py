@@ -100,6 +100,9 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
     # False for a method whose per-run state spans the whole training split (CRD's memory bank): under DDP each
     # rank would update its own copy from its shard. Refused in `validate` and when torchrun starts the run.
     supports_ddp: ClassVar[bool] = True
+    # Extra views of every training batch the method reads from `batch.views` (MLKD: "strong"). They are part of
+    # the batch stream, so runs that need them train in cohorts of their own.
+    views: ClassVar[tuple[str, ...]] = ()
     # Under DDP a batch is one rank's shard; the runner sets the global batch size here so that a method
     # whose loss is *not* a per-sample mean (Oracle's Step A with gamma_reduction=mean) can use it.
     global_batch_size: Optional[int] = None

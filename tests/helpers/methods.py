@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from oracle_kd.core.batch import Batch, DataInfo
+from oracle_kd.data.loader import VIEWS
 from oracle_kd.methods import method_entry
 from oracle_kd.methods.base import MethodConfig
 
@@ -25,5 +26,6 @@ def tiny_data(shape: tuple[int, ...], classes: int, train: int = 64) -> DataInfo
 
 
 def batch_of(x: torch.Tensor, y: torch.Tensor, key: int = 0) -> Batch:
-    """A batch of the first len(y) training samples (indices 0, 1, ...), as a loader yields it."""
-    return Batch(x, y, torch.arange(len(y), device=x.device), key)
+    """A batch of the first len(y) training samples (indices 0, 1, ...), as a loader yields it, with every extra
+    view a method may read (here the mirrored batch)."""
+    return Batch(x, y, torch.arange(len(y), device=x.device), key, {v: x.flip(-1) for v in VIEWS})

@@ -59,8 +59,9 @@ def test_rank_shards_concatenate_to_the_single_process_batches(world):
     ranks = [list(BatchLoader(data, train=True, shard=(r, world), **kw).epoch(4)) for r in range(world)]
     assert all(len(r) == len(single) for r in ranks)  # 23 = 8 + 8 + 7: the last batch is kept
     for b, (x, y) in enumerate(single):
-        assert torch.equal(torch.cat([r[b][0] for r in ranks]), x)
-        assert torch.equal(torch.cat([r[b][1] for r in ranks]), y)
+        assert torch.equal(torch.cat([r[b].x for r in ranks]), x)
+        assert torch.equal(torch.cat([r[b].y for r in ranks]), y)
+        assert torch.equal(torch.cat([r[b].index for r in ranks]), single[b].index)  # each sample's own index
     test = [list(BatchLoader(data, train=False, shard=(r, world), **kw).epoch(0)) for r in range(world)]
     whole = torch.cat([x for r in test for x, _ in r])
     assert torch.equal(whole, torch.cat([x for x, _ in BatchLoader(data, train=False, **kw).epoch(0)]))
@@ -87,8 +88,8 @@ def test_folder_loader_shards_match_the_single_process_batches(tmp_path):
     single = list(FolderLoader(bundle.train, train=True, **kw).epoch(2))
     ranks = [list(FolderLoader(bundle.train, train=True, shard=(r, 2), **kw).epoch(2)) for r in range(2)]
     for b, (x, y) in enumerate(single):
-        assert torch.equal(torch.cat([r[b][0] for r in ranks]), x)
-        assert torch.equal(torch.cat([r[b][1] for r in ranks]), y)
+        assert torch.equal(torch.cat([r[b].x for r in ranks]), x)
+        assert torch.equal(torch.cat([r[b].y for r in ranks]), y)
     test = [torch.cat([y for _, y in FolderLoader(bundle.test, train=False, shard=(r, 2), **kw).epoch(0)])
             for r in range(2)]
     assert torch.equal(torch.cat(test), bundle.test.labels)

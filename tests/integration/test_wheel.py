@@ -45,6 +45,12 @@ def test_every_preset_is_listed_here():
     assert set(PRESETS) == {p.stem for p in (REPO / "sweeps").glob("*.yaml")}
 
 
+def test_the_wheel_lists_every_package_of_the_source():
+    text = (REPO / "pyproject.toml").read_text()
+    packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "oracle_kd").rglob("__init__.py")}
+    assert all(f'"{name}"' in text for name in packages), sorted(n for n in packages if f'"{n}"' not in text)
+
+
 def test_a_wheel_in_a_fresh_venv_runs_oracle_kd_from_any_directory(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from oracle_kd.config import RunConfig
-from oracle_kd.core.batch import Batch
+from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.data import DataBundle, ImageSet, build_loader, load_dataset
 from oracle_kd.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
 from oracle_kd.engine.hardware import autocast, prepare_model, prepare_teacher
@@ -82,6 +82,20 @@ def pair_models(rc: RunConfig, teacher: str, student: str, classes: int) -> tupl
             build_model(student, classes, 3, image_size=IMAGE_SIZE))
 
 
+BENCH_SPLIT = 50_000  # the training split a method sizes its state by (CRD's bank): CIFAR's
+
+
+def bench_split(classes: int, size: int = IMAGE_SIZE) -> DataInfo:
+    """A CIFAR-sized training split for the methods that size state by it."""
+    return DataInfo((3, size, size), classes, torch.arange(BENCH_SPLIT) % classes)
+
+
+def bench_batch(x: torch.Tensor, y: torch.Tensor, views: tuple[str, ...] = ()) -> Batch:
+    """A batch record for a timed step: sample indices 0..B-1, and the batch itself as each extra view the
+    method reads (the bench times the step; making a view is the loader's work, measured apart)."""
+    return Batch(x, y, torch.arange(len(y), device=x.device), 0, {v: x for v in views})
+
+
 def our_step(rc: RunConfig, cfg: MethodConfig, teacher_arch: str, student_arch: str, classes: int,
              device: torch.device) -> Step:
     """The runner's step: prepare_model (channels_last, compile), the method's Distiller, train_step under
@@ -90,11 +104,11 @@ def our_step(rc: RunConfig, cfg: MethodConfig, teacher_arch: str, student_arch: 
     needs_teacher = method_entry(cfg.name)[0].needs_teacher
     student = prepare_model(s_model, device, rc.hardware)
     teacher = prepare_teacher(t_model, device, rc.hardware) if needs_teacher else None
-    d = build_distiller(cfg, student, teacher, (3, IMAGE_SIZE, IMAGE_SIZE)).to(device).train()
+    d = build_distiller(cfg, student, teacher, data=bench_split(classes)).to(device).train()
     opt = make_optimizer(d.trainable_parameters(), rc.train)
     amp = autocast(device, rc.hardware.precision)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(d.forward_train, opt, Batch(x, y), EPOCH, amp)
+        train_step(d.forward_train, opt, bench_batch(x, y, d.views), EPOCH, amp)
 
     return step

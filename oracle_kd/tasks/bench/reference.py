@@ -22,12 +22,11 @@ from PIL import Image
 from torch import nn
 
 from oracle_kd.config import RunConfig
-from oracle_kd.core.batch import Batch
 from oracle_kd.data import DataBundle, ImageSet
 from oracle_kd.engine.step import make_optimizer
 from oracle_kd.methods import MethodConfig, build_distiller, method_entry
 from oracle_kd.methods.oracle import OracleConfig
-from oracle_kd.tasks.bench.parts import CROP_PAD, EPOCH, IMAGE_SIZE, Batches, Step, pair_models
+from oracle_kd.tasks.bench.parts import CROP_PAD, EPOCH, IMAGE_SIZE, Batches, Step, bench_batch, bench_split, pair_models
 
 
 class ReferenceDataset(torch.utils.data.Dataset):
@@ -92,14 +91,14 @@ def reference_kd_loss(s_logits: torch.Tensor, t_logits: torch.Tensor, temperatur
 
 
 def _distiller_step(rc: RunConfig, cfg: MethodConfig, t_model: nn.Module, s_model: nn.Module,
-                    device: torch.device) -> Step:
+                    device: torch.device, classes: int) -> Step:
     """mdistiller's loop: the method's own loss in fp32, behind the reference data path."""
     d = build_distiller(cfg, s_model, t_model if method_entry(cfg.name)[0].needs_teacher else None,
-                        (3, IMAGE_SIZE, IMAGE_SIZE)).to(device).train()
+                        data=bench_split(classes)).to(device).train()
     opt = make_optimizer(d.trainable_parameters(), rc.train)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        _, losses = d.forward_train(Batch(x, y), EPOCH)
+        _, losses = d.forward_train(bench_batch(x, y, d.views), EPOCH)
         loss = sum(losses.values())
         opt.zero_grad()
         loss.backward()
@@ -140,4 +139,4 @@ def reference_step(rc: RunConfig, cfg: MethodConfig, teacher_arch: str, student_
     t_model, s_model = t_model.to(device), s_model.to(device)
     if isinstance(cfg, OracleConfig):
         return _oracle_step(rc, cfg, t_model, s_model)
-    return _distiller_step(rc, cfg, t_model, s_model, device)
+    return _distiller_step(rc, cfg, t_model, s_model, device, classes)
