@@ -25,8 +25,8 @@ from oracle_kd.models import build_model
 BASE = TINY_RUN
 MEMBERS = [["method=ce"], ["method=kd"], ["method=dkd"], ["method=at"], ["method=fitnet"], ["method=sad"],
            ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"], ["method=sp"],
-           ["method=crd", "method.negatives=512"], ["method=kd", "train.optimizer=dot"],
-           ["method=crd", "method.negatives=512", "train.optimizer=dot"]]
+           ["method=crd", "method.negatives=128"], ["method=kd", "train.optimizer=dot"],
+           ["method=crd", "method.negatives=128", "train.optimizer=dot"]]
 # methods with state of their own: CRD's memory bank (buffers) and DOT's two momentum buffers (optimizer state)
 STATEFUL = MEMBERS[9:]
 
