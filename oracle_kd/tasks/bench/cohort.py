@@ -34,7 +34,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from oracle_kd.config import RunConfig
-from oracle_kd.core.batch import Batch
 from oracle_kd.core.teacher_view import TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.data import DataBundle, build_loader, load_dataset
 from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model, prepare_teacher
@@ -45,7 +44,7 @@ from oracle_kd.methods import Distiller, MethodConfig, build_distiller, method_e
 from oracle_kd.models import build_model
 from oracle_kd.tasks.bench.flops import step_flops
 from oracle_kd.tasks.bench.measure import Part, PeakMemory, measure
-from oracle_kd.tasks.bench.parts import EPOCH, Batches, Step, synthetic_bundle
+from oracle_kd.tasks.bench.parts import EPOCH, Batches, Step, bench_batch, bench_split, synthetic_bundle
 from oracle_kd.tasks.bench.report import (
     COHORT_COLUMNS,
     bench_out_dir,
@@ -95,6 +94,8 @@ PRESETS: dict[str, Preset] = {
                          dataset="cifar100"),
     "gamma_grid": Preset("resnet56", tuple(MemberSpec("oracle", "resnet20", (("gamma", g),))
                                            for g in (0.0, 0.1, 0.2, 0.5, 1.0, 2.0)), dataset="cifar100"),
+    # methods that own more than a loss beside the KD family: CRD's bank over the split (the teacher pass shared)
+    "seams": Preset("resnet56", tuple(MemberSpec(m, "resnet20") for m in ("kd", "crd", "oracle")), dataset="cifar100"),
 }
 
 
@@ -180,7 +181,8 @@ def build_members(s: Setting, like: list[BenchMember] | None = None,
         seed_everything(s.rc.seed)
         student = prepare_model(build_model(spec.student, s.bundle.num_classes, s.bundle.in_channels,
                                             image_size=s.bundle.image_size), s.device, s.rc.hardware)
-        d = build_distiller(member_config(spec, s.preset.teacher), student, s.teacher, s.input_shape)
+        d = build_distiller(member_config(spec, s.preset.teacher), student, s.teacher,
+                            data=bench_split(s.bundle.num_classes, s.bundle.image_size, s.bundle.in_channels))
         d = d.to(s.device).train()
         if like is not None:
             d.load_trainable_state_dict(like[i].distiller.trainable_state_dict())
@@ -192,7 +194,7 @@ def solo_step(members: list[BenchMember], amp: contextlib.AbstractContextManager
     """One batch for every member, each computing its own teacher outputs: the members run one by one."""
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         for m in members:
-            train_step(m.distiller.forward_train, m.optimizer, Batch(x, y), EPOCH, amp)
+            train_step(m.distiller.forward_train, m.optimizer, bench_batch(x, y, m.distiller.views), EPOCH, amp)
 
     return step
 
@@ -209,7 +211,7 @@ def cohort_step(members: list[BenchMember], teacher: nn.Module, amp: contextlib.
             with amp:
                 outs = teacher_outputs(teacher, inputs, x, y)
         for m, key in zip(members, keys):
-            train_step(m.distiller.forward_train, m.optimizer, Batch(x, y), EPOCH, amp,
+            train_step(m.distiller.forward_train, m.optimizer, bench_batch(x, y, m.distiller.views), EPOCH, amp,
                        teacher_out=outs[key] if key is not None else None)
 
     return step

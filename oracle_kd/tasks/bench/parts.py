@@ -85,9 +85,9 @@ def pair_models(rc: RunConfig, teacher: str, student: str, classes: int) -> tupl
 BENCH_SPLIT = 50_000  # the training split a method sizes its state by (CRD's bank): CIFAR's
 
 
-def bench_split(classes: int, size: int = IMAGE_SIZE) -> DataInfo:
+def bench_split(classes: int, size: int = IMAGE_SIZE, channels: int = 3) -> DataInfo:
     """A CIFAR-sized training split for the methods that size state by it."""
-    return DataInfo((3, size, size), classes, torch.arange(BENCH_SPLIT) % classes)
+    return DataInfo((channels, size, size), classes, torch.arange(BENCH_SPLIT) % classes)
 
 
 def bench_batch(x: torch.Tensor, y: torch.Tensor, views: tuple[str, ...] = ()) -> Batch:
