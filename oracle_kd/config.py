@@ -352,10 +352,8 @@ def validate(cfg: DictConfig) -> RunConfig:
     if rc.train.optimizer == "dot":
         require(method_entry(rc.method.name)[0].needs_teacher, "train.optimizer", "dot",
                 f"steps distillation terms apart from CE; method {rc.method.name} has none")
-        require(not rc.hardware.ddp, "train.optimizer", "dot", "takes two backward passes per step; it is not "
-                "supported under DDP (hardware.ddp=false)")
-    require(method_entry(rc.method.name)[0].supports_ddp or not rc.hardware.ddp, "hardware.ddp", True,
-            f"is not supported by method {rc.method.name} (its per-run state spans the whole training split)")
+    if rc.hardware.ddp:
+        check_ddp(rc)
     choice("logger", rc.logger, LOGGERS)
     require(rc.logger != "tensorboard" or importlib.util.find_spec("tensorboard") is not None, "logger", rc.logger,
             "needs the tensorboard package: pip install oracle-kd[tensorboard]")
@@ -373,6 +371,15 @@ def validate(cfg: DictConfig) -> RunConfig:
     if rc.task in ("train", "plan"):
         check_pairing(rc)
     return rc
+
+
+def check_ddp(rc: RunConfig) -> None:
+    """Refuse, in one line, a run whose method or optimizer has no DDP form. Called by `validate` for
+    hardware.ddp=true and by the trainer when torchrun starts several processes without it."""
+    require(rc.train.optimizer != "dot", "train.optimizer", "dot", "takes two backward passes per step; it is not "
+            "supported under DDP (hardware.ddp=false)")
+    require(method_entry(rc.method.name)[0].supports_ddp, "hardware.ddp", True,
+            f"is not supported by method {rc.method.name} (its per-run state spans the whole training split)")
 
 
 _PAIRINGS: dict[str, str | None] = {}  # key → the problem found (None: none), per process

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from oracle_kd.config import RunConfig
+from oracle_kd.config import RunConfig, check_ddp
 from oracle_kd.core.teacher_view import PLAIN
 from oracle_kd.data import DataBundle
 from oracle_kd.engine import distributed
@@ -35,7 +35,6 @@ from oracle_kd.engine.teacher import (
     teacher_run_config,
 )
 from oracle_kd.errors import ConfigError, OracleKDError, StoreError, TrainingError, from_scheduler, reason
-from oracle_kd.methods import method_entry
 from oracle_kd.store import record, run_folder
 from oracle_kd.store.io import atomic_torch_save, atomic_write_json, run_lock
 from oracle_kd.store.record import RunResult
@@ -227,16 +226,6 @@ class Trainer:
                                     best=f"{m.state.best_top1:.2f}", refresh=False)
         bar.close()
         return [self.finish(m) for m in self.members]
-
-
-def check_ddp(rc: RunConfig) -> None:
-    """Refuse, in one line, a run whose method or optimizer has no DDP form (started by torchrun without
-    hardware.ddp, so `validate` could not tell)."""
-    if rc.train.optimizer == "dot":
-        raise ConfigError("train.optimizer=dot takes two backward passes per step; it is not supported under DDP")
-    if not method_entry(rc.method.name)[0].supports_ddp:
-        raise ConfigError(f"method {rc.method.name} keeps per-run state over the whole training split; it is not "
-                          f"supported under DDP")
 
 
 def run(rc: RunConfig, announce: str | None = None) -> dict[str, Any]:
