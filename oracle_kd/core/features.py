@@ -20,6 +20,9 @@ class Features:
     blocks: output of every block, in order (used by SAD); the last is the last stage's output.
     pooled: (B, C), the classifier's input: the global average of the last map the classifier sees (the last
         stage, or a final BN-ReLU / 1x1 head applied to it).
+    preact: one map per stage after the stem, the value that stage's last ReLU receives (mdistiller's
+        `preact_feats[1:]`, which OFD distils); empty for a family whose stages end in no ReLU (MobileNetV2's
+        linear bottlenecks, the MLPs, the superfeature models).
     branch_logits, branch_maps: superfeature-explaining models only (`sfx*`, KED): each superfeature branch's
         own logits z^i (B, classes) and its last map before pooling; empty for every other model.
     """
@@ -29,10 +32,12 @@ class Features:
     pooled: torch.Tensor | None = None
     branch_logits: list[torch.Tensor] = field(default_factory=list)
     branch_maps: list[torch.Tensor] = field(default_factory=list)
+    preact: list[torch.Tensor] = field(default_factory=list)
 
     def detach(self) -> "Features":
         """The same activations cut from the graph (a teacher pass taken with gradients on, handed on as the
         plain no-grad pass)."""
         return Features([t.detach() for t in self.stages], [t.detach() for t in self.blocks],
                         self.pooled.detach() if self.pooled is not None else None,
-                        [t.detach() for t in self.branch_logits], [t.detach() for t in self.branch_maps])
+                        [t.detach() for t in self.branch_logits], [t.detach() for t in self.branch_maps],
+                        [t.detach() for t in self.preact])

@@ -58,10 +58,11 @@ def prepare_model(model: nn.Module, device: torch.device, hw: HardwareConfig) ->
     return model
 
 
-def prepare_teacher(model: nn.Module, device: torch.device, hw: HardwareConfig) -> nn.Module:
-    """A frozen teacher for the step: eval mode, BN folded into its convs (`hardware.fold_teacher_bn`),
-    then the same device/layout/compile treatment as the student."""
+def prepare_teacher(model: nn.Module, device: torch.device, hw: HardwareConfig, keep_bn: bool = False) -> nn.Module:
+    """A frozen teacher for the step: eval mode, BN folded into its convs (`hardware.fold_teacher_bn`, unless
+    `keep_bn`: for a method that reads the BN layers), then the same device/layout/compile treatment as the
+    student."""
     model.eval()
-    if hw.fold_teacher_bn:
+    if hw.fold_teacher_bn and not keep_bn:
         fold_batchnorm(model)
     return prepare_model(model, device, hw)

@@ -22,7 +22,7 @@ from oracle_kd.engine.hardware import in_run_dtype, prepare_model
 from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.stream import Stream
-from oracle_kd.engine.teacher import build_run_model, identify, needs, needs_teacher
+from oracle_kd.engine.teacher import build_run_model, identify, needs
 from oracle_kd.errors import StoreError, reason
 from oracle_kd.methods import Distiller, build_distiller
 from oracle_kd.store import record, run_folder
@@ -112,7 +112,7 @@ class Member:
         data, device = stream.data, stream.device
         student = prepare_model(build_run_model(rc.student.arch, rc.student.stem, data, stream.artefacts), device,
                                 rc.hardware)
-        teacher = stream.teacher if needs_teacher(rc) else None
+        teacher = stream.teacher_for(rc)
         # the method's own modules (regressors, connectors) in the run's dtype too
         distiller = in_run_dtype(build_distiller(rc.method, student, teacher, data=stream.data_info()).to(device),
                                  rc.hardware.precision)

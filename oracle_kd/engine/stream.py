@@ -29,8 +29,8 @@ from oracle_kd.store import record
 Loader = BatchLoader | FolderLoader
 
 
-def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device,
-                 artefacts: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device, artefacts: dict[str, Any] | None = None,
+                 keep_bn: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """The teacher: a finished auto-teacher run's model.pt from the store, or a checkpoint file."""
     tresult = None
     if rc.teacher.checkpoint == "auto":
@@ -42,7 +42,7 @@ def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device,
         path, source = tdir / record.MODEL, f"run {trid}"
     else:
         path, source = Path(rc.teacher.checkpoint), rc.teacher.checkpoint
-    teacher = build_teacher(rc, data, device, path, source, artefacts)
+    teacher = build_teacher(rc, data, device, path, source, artefacts, keep_bn=keep_bn)
     info = {"arch": rc.teacher.arch, "source": source,
             "train_best_top1": tresult["best_top1"] if tresult else None}
     return teacher, info
@@ -59,6 +59,7 @@ class Stream:
     data: DataBundle
     teacher: nn.Module | None = None
     teacher_info: dict[str, Any] | None = None
+    teacher_with_bn: nn.Module | None = None  # for methods that read its BN layers (`Distiller.teacher_bn`)
     train_loader: Loader | None = None
     loader_kw: dict[str, Any] = field(default_factory=dict)
     test_loaders: dict[int, Loader] = field(default_factory=dict)
@@ -76,6 +77,17 @@ class Stream:
         if needs_teacher(rc):
             stream.teacher, stream.teacher_info = load_teacher(rc, data, device, stream.artefacts)
         return stream
+
+    def teacher_for(self, rc: RunConfig) -> nn.Module | None:
+        """The frozen teacher a run's method reads: the shared one, or, for a method that reads the teacher's BN
+        layers, the same weights with their BNs not folded (loaded once per stream)."""
+        if not needs_teacher(rc):
+            return None
+        if not (method_entry(rc.method.name)[0].teacher_bn and rc.hardware.fold_teacher_bn):
+            return self.teacher
+        if self.teacher_with_bn is None:
+            self.teacher_with_bn = load_teacher(rc, self.data, self.device, self.artefacts, keep_bn=True)[0]
+        return self.teacher_with_bn
 
     def open_loaders(self, rc: RunConfig) -> None:
         """The batch stream: a pure function of (seed, epoch), sharded per DDP rank."""

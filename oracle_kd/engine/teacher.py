@@ -97,8 +97,9 @@ def build_run_model(arch: str, stem: str, data: DataBundle, artefacts: dict[str,
 
 
 def build_teacher(rc: RunConfig, data: DataBundle, device: torch.device, path: Path, source: str,
-                  artefacts: dict[str, Any] | None = None) -> nn.Module:
-    """The teacher's architecture with the weights of `path`, frozen and prepared for the step."""
+                  artefacts: dict[str, Any] | None = None, keep_bn: bool = False) -> nn.Module:
+    """The teacher's architecture with the weights of `path`, frozen and prepared for the step (its BN kept
+    for a method that reads it)."""
     teacher = build_run_model(rc.teacher.arch, rc.teacher.stem, data, artefacts)
     load_weights(teacher, read_state_dict(path), source=source, arch=rc.teacher.arch)
-    return prepare_teacher(teacher, device, rc.hardware)
+    return prepare_teacher(teacher, device, rc.hardware, keep_bn=keep_bn)

@@ -103,6 +103,10 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
     # Extra views of every training batch the method reads from `batch.views` (MLKD: "strong"). They are part of
     # the batch stream, so runs that need them train in cohorts of their own.
     views: ClassVar[tuple[str, ...]] = ()
+    # True for a method that reads the teacher's BatchNorm layers themselves (OFD: margins from their affine
+    # parameters, batch statistics). The engine folds a teacher's BN into its convs for speed; such a method gets
+    # a teacher with its BNs kept instead (built once per cohort, beside the folded one the others share).
+    teacher_bn: ClassVar[bool] = False
     # Under DDP a batch is one rank's shard; the runner sets the global batch size here so that a method
     # whose loss is *not* a per-sample mean (Oracle's Step A with gamma_reduction=mean) can use it.
     global_batch_size: Optional[int] = None

@@ -32,16 +32,24 @@ def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Modu
 
 def run_stages(stem_out: torch.Tensor, layers: tuple[nn.Sequential, ...], fc: nn.Linear) -> tuple[torch.Tensor, Features]:
     """The residual stages after a stem, collecting the Features contract: stem + stage outputs, every block's
-    output, and the pooled vector fed to fc. Shared by both ResNet families so the contract is defined once."""
+    output, each stage's last residual sum before its ReLU, and the pooled vector fed to fc. Shared by both
+    ResNet families so the contract is defined once."""
     out = stem_out
-    stages, blocks = [out], []
+    stages, blocks, preact = [out], [], []
     for layer in layers:
         for block in layer:
-            out = block(out)
+            pre = block.residual_sum(out)
+            out = F.relu(pre)
             blocks.append(out)
         stages.append(out)
+        preact.append(pre)
     pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-    return fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+    return fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled, preact=preact)
+
+
+def last_bns(layers: tuple[nn.Sequential, ...]) -> list[nn.BatchNorm2d]:
+    """Each stage's BN before its last ReLU (the last block's `last_bn`): what OFD's margins read."""
+    return [getattr(layer[-1], layer[-1].last_bn) for layer in layers]
 
 
 def apply_shortcut(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +64,7 @@ class BasicBlock(nn.Module):
     bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
     expansion = 1
     shortcut_name = "downsample"  # the projection's state_dict key (mdistiller's resnetv2 says "shortcut")
+    last_bn = "bn2"  # the BN whose output (plus the shortcut) the block's ReLU receives
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -65,11 +74,15 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         setattr(self, self.shortcut_name, projection_shortcut(in_planes, planes, stride))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def residual_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU."""
         # Out-of-place ops throughout: block outputs are handed to distillation losses via Features.
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + apply_shortcut(self, x))
+        return out + apply_shortcut(self, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.residual_sum(x))
 
 
 class CifarResNet(nn.Module):
@@ -109,6 +122,10 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the intermediate features that distillation methods consume."""
         return run_stages(F.relu(self.bn1(self.conv1(x))), (self.layer1, self.layer2, self.layer3), self.fc)
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the BN before its last ReLU (OFD's margins)."""
+        return last_bns((self.layer1, self.layer2, self.layer3))
 
 
 def _register(name: str, depth: int, widths: tuple[int, int, int, int]) -> None:

@@ -22,6 +22,7 @@ from oracle_kd.errors import ConfigError
 from oracle_kd.models.cifar_resnet import (  # BasicBlock: as torchvision's
     BasicBlock,
     apply_shortcut,
+    last_bns,
     projection_shortcut,
     run_stages,
 )
@@ -40,6 +41,7 @@ class Bottleneck(nn.Module):
     bn_follows_conv = True  # each bnK normalises convK's output, so BN folding may pair them by name
     expansion = 4
     shortcut_name = "downsample"  # the projection's state_dict key (mdistiller's resnetv2 says "shortcut")
+    last_bn = "bn3"  # the BN whose output (plus the shortcut) the block's ReLU receives
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -52,11 +54,15 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(out_planes)
         setattr(self, self.shortcut_name, projection_shortcut(in_planes, out_planes, stride))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def residual_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its final ReLU."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return F.relu(out + apply_shortcut(self, x))
+        return out + apply_shortcut(self, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.residual_sum(x))
 
 
 def resolve_stem(stem: str, image_size: int | None) -> str:
@@ -116,6 +122,10 @@ class ResNet(nn.Module):
         """Return logits and the features distillation methods consume (stem output = after max-pool)."""
         stem = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         return run_stages(stem, (self.layer1, self.layer2, self.layer3, self.layer4), self.fc)
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the BN before its last ReLU (OFD's margins)."""
+        return last_bns((self.layer1, self.layer2, self.layer3, self.layer4))
 
 
 ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {

@@ -22,7 +22,7 @@ from oracle_kd.core.features import Features
 from oracle_kd.models.cifar_resnet import BasicBlock, run_stages
 from oracle_kd.models.init import init_weights
 from oracle_kd.models.registry import register_model
-from oracle_kd.models.resnet import Bottleneck
+from oracle_kd.models.resnet import Bottleneck, ResNet
 
 
 class BasicBlockC(BasicBlock):
@@ -75,6 +75,8 @@ class ResNetC(nn.Module):
         """Return logits and the features distillation methods consume (points as mdistiller's ``feats``)."""
         stem = F.relu(self.bn1(self.conv1(x)))
         return run_stages(stem, (self.layer1, self.layer2, self.layer3, self.layer4), self.linear)
+
+    bn_before_relu = ResNet.bn_before_relu  # the same four stages under the same names
 
 
 ARCHS: dict[str, tuple[type[BasicBlockC] | type[BottleneckC], tuple[int, int, int, int]]] = {

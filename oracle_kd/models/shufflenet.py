@@ -5,7 +5,7 @@ Both keep the full 32-px resolution after a 1x1 stem to 24 channels (no stride, 
 each of three stages. Module names follow mdistiller (``conv1``, ``bn1``, ``layer{1,2,3}.{i}.convK/bnK``, V2's
 head ``conv2``/``bn2``, ``linear``) so its checkpoints load with ``strict=True``.
 
-Features (mdistiller's ``feats``, same points; its ``preact_feats`` are not exposed):
+Features (mdistiller's ``feats`` and ``preact_feats``, same points):
   shufflenetv1 stages: stem after ReLU (24 ch, H); layer1..3 outputs after the unit's final ReLU (240, 480,
           960 ch at H/2, H/4, H/8). pooled: the mean of stages[-1].
   shufflenetv2 stages: stem after ReLU (24 ch, H); layer1..3 outputs after the last unit's concat and
@@ -13,6 +13,9 @@ Features (mdistiller's ``feats``, same points; its ``preact_feats`` are not expo
           head conv's output (1024 ch, after its BN-ReLU), so not the mean of stages[-1] (see ``head``).
   blocks: the output of every unit (V1: 4+8+4 bottlenecks; V2: per stage one down-sampling unit then 3/7/3
           basic units), the last one is stages[-1].
+  preact: per stage, what the last unit's final ReLU receives (V1: the residual sum; V2: the kept half and the
+          branch before its ReLU, concatenated, not shuffled, as mdistiller). No single BN precedes these, so a
+          ShuffleNet has no ``bn_before_relu`` and cannot be an OFD teacher (as in mdistiller).
 Both run on 32x32 and on 8x8 inputs (the last stage is then 1x1). Neither mdistiller model initialises its
 weights explicitly, so PyTorch's default init is kept here too.
 """
@@ -52,16 +55,19 @@ def _pointwise(in_ch: int, out_ch: int, groups: int = 1) -> nn.Conv2d:
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
     """Stem, three stages and the pooled head, collecting Features; shared by both ShuffleNets."""
     out = F.relu(model.bn1(model.conv1(x)))
-    stages, blocks = [out], []
+    stages, blocks, preact = [out], [], []
     for layer in (model.layer1, model.layer2, model.layer3):
-        for unit in layer:
+        for unit in layer[:-1]:
             out = unit(out)
             blocks.append(out)
+        out, pre = layer[-1].with_preact(out)
+        blocks.append(out)
         stages.append(out)
+        preact.append(pre)
     # mdistiller pools with avg_pool2d(4) on the 4x4 map of a 32-px input: the global mean, which adaptive
     # pooling equals there and which also fits smaller inputs.
     pooled = torch.flatten(F.adaptive_avg_pool2d(model.head(out), 1), 1)
-    return model.linear(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+    return model.linear(pooled), Features(stages=stages, blocks=blocks, pooled=pooled, preact=preact)
 
 
 class ShuffleUnitV1(nn.Module):
@@ -83,13 +89,19 @@ class ShuffleUnitV1(nn.Module):
         self.conv3 = _pointwise(mid, out_ch, groups)
         self.bn3 = nn.BatchNorm2d(out_ch)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def with_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, the sum or concatenation its final ReLU receives)."""
         out = channel_shuffle(F.relu(self.bn1(self.conv1(x))), self.first_groups)
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
-            return F.relu(torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1))
-        return F.relu(out + x)
+            pre = torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], 1)
+        else:
+            pre = out + x
+        return F.relu(pre), pre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.with_preact(x)[0]
 
 
 class ShuffleNetV1(nn.Module):
@@ -170,11 +182,21 @@ class BasicUnitV2(nn.Module):
         self.conv3 = _pointwise(half, half)
         self.bn3 = nn.BatchNorm2d(half)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def with_preact(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, [kept half, branch before its last ReLU]): as mdistiller's preact, concatenated but not
+        shuffled."""
+        kept, pre = self.branch(x)
+        return channel_shuffle(torch.cat([kept, F.relu(pre)], 1), 2), torch.cat([kept, pre], 1)
+
+    def branch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the kept half, the other half through 1x1, depthwise, 1x1 before the last ReLU)."""
         kept, x2 = x[:, : self.split], x[:, self.split :]
         out = F.relu(self.bn1(self.conv1(x2)))
-        out = F.relu(self.bn3(self.conv3(self.bn2(self.conv2(out)))))
-        return channel_shuffle(torch.cat([kept, out], 1), 2)
+        return kept, self.bn3(self.conv3(self.bn2(self.conv2(out))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept, pre = self.branch(x)
+        return channel_shuffle(torch.cat([kept, F.relu(pre)], 1), 2)
 
 
 class ShuffleNetV2(nn.Module):

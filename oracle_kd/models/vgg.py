@@ -9,6 +9,7 @@ Features (mdistiller's ``feats`` points):
 - stages: the output of each group 0..4 after its final ReLU (5 tensors; AT reads stages[1:], FitNet stages[2]).
 - blocks: every conv-BN-ReLU layer's output after its ReLU, in order; the last one is stages[-1].
 - pooled: stages[-1] averaged over space, the classifier's input.
+- preact: groups 1..4's last BN output, before its ReLU.
 
 Resolution: groups run at 32, 16, 8, 4, 4 px on 32x32 inputs and at 8, 4, 2, 1, 1 px on 8x8 inputs, so 8x8 digits
 need no change. A 64 px input (Tiny-ImageNet) also gets the pool after group 3, exactly as mdistiller decides it.
@@ -50,11 +51,16 @@ class ConvGroup(nn.Sequential):
     def layer_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's post-ReLU output, the group's last one included; out-of-place ReLU because each is
         handed to distillation losses."""
+        return self.outputs_and_preact(x)[0]
+
+    def outputs_and_preact(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """`layer_outputs` and the group's last BN output, before its ReLU."""
         outs = []
         for i in range(0, len(self), 3):
-            x = F.relu(self[i + 1](self[i](x)))
+            pre = self[i + 1](self[i](x))
+            x = F.relu(pre)
             outs.append(x)
-        return outs
+        return outs, pre
 
 
 def _halve(x: torch.Tensor) -> torch.Tensor:
@@ -85,15 +91,20 @@ class CifarVGG(nn.Module):
         """Return logits and the intermediate features that distillation methods consume."""
         # mdistiller pools after group 3 only for 64 px inputs (its Tiny-ImageNet setting); CIFAR keeps 4x4 there.
         pool_after = (True, True, True, x.shape[2] == 64, False)
-        stages, blocks = [], []
+        stages, blocks, preact = [], [], []
         out = x
         for group, pool in zip((self.block0, self.block1, self.block2, self.block3, self.block4), pool_after):
-            layers = group.layer_outputs(out)
+            layers, pre = group.outputs_and_preact(out)
             blocks += layers
             stages.append(layers[-1])
+            preact.append(pre)
             out = _halve(layers[-1]) if pool else layers[-1]
         pooled = torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
-        return self.classifier(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+        return self.classifier(pooled), Features(stages=stages, blocks=blocks, pooled=pooled, preact=preact[1:])
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Per stage after the stem group, its last BN, which its last ReLU reads (OFD's margins)."""
+        return [group[-1] for group in (self.block1, self.block2, self.block3, self.block4)]
 
 
 def _register(name: str, widths: Widths) -> None:

@@ -8,7 +8,10 @@ Features, at mdistiller's ``feats`` points:
   stages: [stem conv output (WRN has no BN-ReLU there), block1..3 outputs] -- all pre-activation residual sums,
           taken before the next block's (or the final) BN-ReLU, so they can be negative;
   blocks: every block's output (the last is stages[-1]);
-  pooled: spatial mean of relu(bn1(stages[-1])), the final BN-ReLU applied -- NOT the mean of stages[-1].
+  pooled: spatial mean of relu(bn1(stages[-1])), the final BN-ReLU applied -- NOT the mean of stages[-1];
+  preact: per stage, the next BN's output on it (block2/block3's first bn1, then the final bn1), i.e. what the
+          next ReLU receives. mdistiller computes these by calling those BNs a second time, which in train mode
+          moves their running statistics twice per step; here each BN runs once and hands its output on.
 Works for any input of at least 8 px (8x8 digits give 8-4-2 maps).
 
 BN folding: none of the BNs follows a conv (each precedes one), so neither class sets ``bn_follows_conv``;
@@ -43,9 +46,10 @@ class WideBasicBlock(nn.Module):
         # Projection decided by width alone, like the reference: every stage that strides also widens.
         self.convShortcut = None if in_planes == planes else nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, normed: torch.Tensor | None = None) -> torch.Tensor:
+        """The block on x; `normed` is bn1(x) when the caller has computed it already (a stage's pre-ReLU map)."""
         # Out-of-place ops: x may be a tensor already handed out in Features.
-        act = F.relu(self.bn1(x))
+        act = F.relu(self.bn1(x) if normed is None else normed)
         out = self.conv2(F.relu(self.bn2(self.conv1(act))))
         shortcut = x if self.convShortcut is None else self.convShortcut(act)
         return shortcut + out
@@ -88,15 +92,25 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
         """Return logits and the intermediate features that distillation methods consume."""
         out = self.conv1(x)
-        stages, blocks = [out], []
-        for stage in (self.block1, self.block2, self.block3):
-            for block in stage.layer:
-                out = block(out)
+        stages, blocks, preact = [out], [], []
+        for k, stage in enumerate((self.block1, self.block2, self.block3)):
+            for i, block in enumerate(stage.layer):
+                # A stage's pre-ReLU map is the next stage's first BN applied to it (mdistiller's preact_feats):
+                # computed once here and handed to that block, so no BN runs twice.
+                normed = block.bn1(out) if k > 0 and i == 0 else None
+                if normed is not None:
+                    preact.append(normed)
+                out = block(out, normed)
                 blocks.append(out)
             stages.append(out)
+        preact.append(self.bn1(out))
         # Adaptive pooling equals mdistiller's fixed 8x8 average pool at 32 px and also serves smaller inputs.
-        pooled = torch.flatten(F.adaptive_avg_pool2d(F.relu(self.bn1(out)), 1), 1)
-        return self.fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled)
+        pooled = torch.flatten(F.adaptive_avg_pool2d(F.relu(preact[-1]), 1), 1)
+        return self.fc(pooled), Features(stages=stages, blocks=blocks, pooled=pooled, preact=preact)
+
+    def bn_before_relu(self) -> list[nn.BatchNorm2d]:
+        """Per stage, the BN that turns its output into the next ReLU's input (OFD's margins)."""
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
 
 
 def _register(name: str, depth: int, widen_factor: int) -> None:

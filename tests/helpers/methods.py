@@ -15,6 +15,17 @@ from oracle_kd.methods.base import MethodConfig
 ON_PLAIN_MODELS = {"ked": {"baseline": True, "feature": "fitnet"}, "crd": {"negatives": 32}}
 
 
+# Pairs a method refuses by design, said here (not derived from the models) so the refusal itself is tested: OFD
+# distils pre-ReLU maps, which MobileNetV2's linear bottlenecks do not have, and takes margins from a BN before
+# each teacher stage's ReLU, which a ShuffleNet's concatenated stage outputs do not follow.
+REFUSED = {"ofd": lambda t, s: "mobilenetv2" in (t, s) or t.startswith("shufflenet")}
+
+
+def refuses(method: str, teacher: str, student: str) -> bool:
+    """Whether `method` refuses this teacher/student pair (a one-line ConfigError when it is built)."""
+    return method in REFUSED and REFUSED[method](teacher, student)
+
+
 def plain_pair_config(method: str) -> MethodConfig:
     """The method's default config, with the options that make it run on plain (non-explaining) models."""
     return method_entry(method)[1](**ON_PLAIN_MODELS.get(method, {}))

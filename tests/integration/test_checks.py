@@ -12,6 +12,8 @@ CASES = {
     "at-stage-counts": (["method=at", "teacher=resnet18", "student=resnet20"],
                         "method='at' pairs stage outputs one to one, but the teacher has 4 stages and the student 3"),
     "fitnet-hint-stage": (["method=fitnet", "method.hint_stage=9"], "method.hint_stage=9 must be < 4"),
+    "ofd-linear-bottleneck": (["method=ofd", "student=mobilenetv2"],
+                              "method=ofd: student MobileNetV2 has no pre-ReLU stage maps"),
     "ked-plain-models": (["method=ked"], "method=ked needs superfeature-explaining teacher and student"),
     "chimeric-oracle": (["method=oracle", "train.chimeric_epochs=1", "train.chimeric_size=50"],
                         "the chimeric samples are labelled by the teacher on the plain input, so the method needs "

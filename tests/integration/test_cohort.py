@@ -25,10 +25,10 @@ from oracle_kd.models import build_model
 BASE = TINY_RUN
 MEMBERS = [["method=ce"], ["method=kd"], ["method=dkd"], ["method=at"], ["method=fitnet"], ["method=sad"],
            ["method=oracle", "method.gamma=0.2"], ["method=oracle", "method.gamma=0.5"], ["method=sp"],
-           ["method=crd", "method.negatives=128"], ["method=kd", "train.optimizer=dot"],
+           ["method=ofd"], ["method=crd", "method.negatives=128"], ["method=kd", "train.optimizer=dot"],
            ["method=crd", "method.negatives=128", "train.optimizer=dot"]]
 # methods with state of their own: CRD's memory bank (buffers) and DOT's two momentum buffers (optimizer state)
-STATEFUL = MEMBERS[9:]
+STATEFUL = MEMBERS[10:]
 
 
 SOME = [MEMBERS[i] for i in (1, 5, 6, 7)]  # kd, sad, oracle γ=0.2 and 0.5: the faults need not all eight
@@ -67,9 +67,10 @@ def solo(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_a_cohort_gives_every_member_its_solo_records(solo, tmp_path):
     results = run_cohort(configs(tmp_path))
-    assert snapshot(tmp_path) == solo and len(solo) == 12
-    # the ce member is the oracle/kd members' auto teacher: trained first, alone; the other 11 together
-    assert sorted(r["cohort"]["size"] for r in results) == [1] + [11] * 11
+    assert snapshot(tmp_path) == solo and len(solo) == 13
+    # the ce member is the oracle/kd members' auto teacher: trained first, alone; the other 12 together (OFD
+    # with its own batch-statistics teacher pass on the unfolded teacher, the rest on the shared folded one)
+    assert sorted(r["cohort"]["size"] for r in results) == [1] + [12] * 12
     shares = [r["cohort"]["time_share"] for r in results if r["cohort"]["size"] == 11]
     assert all(0 < s < 1 for s in shares) and sum(shares) == pytest.approx(1.0, abs=0.02)
 

@@ -42,10 +42,13 @@ def test_every_model_returns_logits_and_features(arch: str, shape: tuple[int, in
     assert feats.pooled.dim() == 2 and feats.pooled.shape[0] == 2  # the classifier's input
     if not arch.removeprefix("sfx4_").startswith(POOLED_AFTER_A_HEAD):
         torch.testing.assert_close(feats.pooled, feats.stages[-1].mean(dim=(2, 3)))
-    snapshot = [t.detach().clone() for t in feats.stages + feats.blocks]
+    if feats.preact:  # one pre-ReLU map per stage after the stem, shaped as that stage
+        assert [p.shape for p in feats.preact] == [s.shape for s in feats.stages[1:]]
+    snapshot = [t.detach().clone() for t in feats.stages + feats.blocks + feats.preact]
     (logits.sum() + sum(t.mean() for t in feats.stages[1:])).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(snapshot, feats.stages + feats.blocks))  # nothing changed in place
+    # nothing changed in place
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, feats.stages + feats.blocks + feats.preact))
 
 
 EXPLAINING = {"ked"}  # methods whose teacher and student are superfeature-explaining (sfx*) models

@@ -22,6 +22,7 @@ numbers bit for bit (the tests check it), so the comparison is of cost alone.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import statistics
@@ -94,8 +95,10 @@ PRESETS: dict[str, Preset] = {
                          dataset="cifar100"),
     "gamma_grid": Preset("resnet56", tuple(MemberSpec("oracle", "resnet20", (("gamma", g),))
                                            for g in (0.0, 0.1, 0.2, 0.5, 1.0, 2.0)), dataset="cifar100"),
-    # methods that own more than a loss beside the KD family: CRD's bank over the split (the teacher pass shared)
-    "seams": Preset("resnet56", tuple(MemberSpec(m, "resnet20") for m in ("kd", "crd", "oracle")), dataset="cifar100"),
+    # methods that own more than a loss beside the KD family: CRD's bank over the split (the teacher pass shared),
+    # OFD's own batch-statistics teacher pass on the unfolded teacher (nothing shared but the batch)
+    "seams": Preset("resnet56", tuple(MemberSpec(m, "resnet20") for m in ("kd", "crd", "ofd", "oracle")),
+                    dataset="cifar100"),
 }
 
 
@@ -127,6 +130,11 @@ class Setting:
     device: torch.device
     teacher: nn.Module
     amp: contextlib.AbstractContextManager = field(repr=False)
+    teacher_with_bn: nn.Module | None = None  # for members whose method reads the BN layers (`teacher_bn`)
+
+    def teacher_for(self, method: str) -> nn.Module:
+        """The teacher a member's method reads, as `Stream.teacher_for` picks it."""
+        return self.teacher_with_bn if method_entry(method)[0].teacher_bn and self.teacher_with_bn else self.teacher
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -146,8 +154,11 @@ def open_setting(rc: RunConfig, name: str, device: torch.device, bundle: DataBun
     bundle = bundle if bundle is not None else preset_bundle(rc, preset)[0]
     seed_everything(rc.seed)
     model = build_model(preset.teacher, bundle.num_classes, bundle.in_channels, image_size=bundle.image_size)
+    with_bn = None
+    if any(method_entry(m.method)[0].teacher_bn for m in preset.members) and rc.hardware.fold_teacher_bn:
+        with_bn = prepare_teacher(copy.deepcopy(model), device, rc.hardware, keep_bn=True)
     teacher = prepare_teacher(model, device, rc.hardware)
-    return Setting(rc, preset, bundle, device, teacher, autocast(device, rc.hardware.precision))
+    return Setting(rc, preset, bundle, device, teacher, autocast(device, rc.hardware.precision), with_bn)
 
 
 def preset_batches(s: Setting) -> Batches:
@@ -181,7 +192,7 @@ def build_members(s: Setting, like: list[BenchMember] | None = None,
         seed_everything(s.rc.seed)
         student = prepare_model(build_model(spec.student, s.bundle.num_classes, s.bundle.in_channels,
                                             image_size=s.bundle.image_size), s.device, s.rc.hardware)
-        d = build_distiller(member_config(spec, s.preset.teacher), student, s.teacher,
+        d = build_distiller(member_config(spec, s.preset.teacher), student, s.teacher_for(spec.method),
                             data=bench_split(s.bundle.num_classes, s.bundle.image_size, s.bundle.in_channels))
         d = d.to(s.device).train()
         if like is not None:

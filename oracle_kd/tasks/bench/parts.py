@@ -101,9 +101,9 @@ def our_step(rc: RunConfig, cfg: MethodConfig, teacher_arch: str, student_arch: 
     """The runner's step: prepare_model (channels_last, compile), the method's Distiller, train_step under
     the configured autocast."""
     t_model, s_model = pair_models(rc, teacher_arch, student_arch, classes)
-    needs_teacher = method_entry(cfg.name)[0].needs_teacher
+    cls = method_entry(cfg.name)[0]
     student = prepare_model(s_model, device, rc.hardware)
-    teacher = prepare_teacher(t_model, device, rc.hardware) if needs_teacher else None
+    teacher = prepare_teacher(t_model, device, rc.hardware, keep_bn=cls.teacher_bn) if cls.needs_teacher else None
     d = build_distiller(cfg, student, teacher, data=bench_split(classes)).to(device).train()
     opt = make_optimizer(d.trainable_parameters(), rc.train)
     amp = autocast(device, rc.hardware.precision)
