@@ -1,6 +1,7 @@
 """Methods that own more than a loss, through the real command line on datasets in their real formats: CRD (sample
-indices into a memory bank over the training split), DOT (two momentum buffers per parameter) and MLKD (a second,
-strongly augmented view of every batch) on a CIFAR-100 folder of pickles, CRD on a Tiny-ImageNet tree (indices
+indices into a memory bank over the training split), DOT (two momentum buffers per parameter), MLKD (a second,
+strongly augmented view of every batch) and OFD (its own teacher pass on the unfolded teacher) on a CIFAR-100
+folder of pickles, CRD on a Tiny-ImageNet tree (indices
 from the folder loader), and MLKD's two-view runs as cohorts of their own."""
 
 from __future__ import annotations
@@ -44,16 +45,17 @@ def finished(store: Path) -> dict[str, dict]:
     return out
 
 
-def test_crd_dot_and_mlkd_train_on_cifar100_in_its_pickle_format(tmp_path):
+def test_crd_dot_mlkd_and_ofd_train_on_cifar100_in_its_pickle_format(tmp_path):
     write_cifar100(tmp_path / "data", n_train=96, n_test=20)
     data = ["dataset=cifar100", f"dataset.root={tmp_path}/data", f"store={tmp_path}/runs", *COMMON]
     assert main(["-m", *data, f"hydra.sweep.dir={tmp_path}/sweep", "method=crd", "method.negatives=256",
                  "train.optimizer=sgd,dot"]) == 0
     assert main([*data, f"hydra.run.dir={tmp_path}/run", "method=kd", "train.optimizer=dot"]) == 0
     assert main([*data, f"hydra.run.dir={tmp_path}/run2", "method=mlkd"]) == 0
+    assert main([*data, f"hydra.run.dir={tmp_path}/run3", "method=ofd"]) == 0
     runs = finished(tmp_path / "runs")
-    assert set(runs) == {"ce", "crd", "crd+dot", "kd+dot", "mlkd"}  # ce: the auto teacher
-    for name in ("crd", "crd+dot", "kd+dot", "mlkd"):
+    assert set(runs) == {"ce", "crd", "crd+dot", "kd+dot", "mlkd", "ofd"}  # ce: the auto teacher
+    for name in ("crd", "crd+dot", "kd+dot", "mlkd", "ofd"):
         rows = [json.loads(line) for line in (Path(runs[name]["folder"]) / "metrics.jsonl").read_text().splitlines()]
         assert math.isfinite(rows[0]["train_loss"]) and rows[0]["train_loss"] > 0
     ckpt = torch.load(Path(runs["crd+dot"]["folder"]) / "last.pt", weights_only=True)
