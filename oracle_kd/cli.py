@@ -15,11 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from oracle_kd.config import AUTO_RECIPE_PREFIX, CONF_DIR, RunConfig, group_options, validate
-from oracle_kd.errors import OracleKDError, StoreError, from_scheduler, mask_credentials, os_error_line, reason
+from oracle_kd.errors import OracleKDError, StoreError, from_scheduler, mask_credentials, os_error_line, reason, setting_for
 from oracle_kd.paths import SWEEPS_DIR
 from oracle_kd.store.study_storage import password_out_of_overrides
 from oracle_kd.tasks import task_entry
@@ -111,6 +112,26 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
+def _register_plugins() -> None:
+    """Register our launchers and sweeper with Hydra by importing them. Hydra finds plugins by listing the
+    `hydra_plugins` namespace on sys.path, and an editable install's import hook cannot be listed: `oracle-kd` run
+    outside the checkout would not find `hydra/launcher=cohort` nor the default sweeper."""
+    import importlib
+    import pkgutil
+
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.launcher import Launcher
+    from hydra.plugins.sweeper import Sweeper
+
+    import hydra_plugins.oracle_kd_cohort as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, (Launcher, Sweeper)) and obj.__module__ == module.__name__:
+                Plugins.instance().register(obj)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of run.py; `argv` defaults to sys.argv[1:]. Returns the exit code."""
     import hydra
@@ -120,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    _register_plugins()
+    _FOLDERS.clear()
     if not OmegaConf.has_resolver("rank_suffix"):  # DDP ranks > 0 log to their own Hydra folder
         OmegaConf.register_new_resolver("rank_suffix", _rank_suffix)
     args = password_out_of_overrides(args)  # before Hydra records the command line in .hydra/ and its logs
@@ -132,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         except OracleKDError as exc:  # report here: Hydra would add its own "Error executing job" line
             raise SystemExit(_report(exc)) from None
         except OSError as exc:  # disk full, read-only or unwritable store: the path and what to do
-            raise SystemExit(_report(StoreError(os_error_line(exc)), exc)) from None
+            raise SystemExit(_report(_os_error(exc, {**_FOLDERS, **_folders(cfg)}), exc)) from None
 
     try:
         _app()
@@ -140,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     except (OracleKDError, OmegaConfBaseException) as exc:
         return _report(exc)
-    except OSError as exc:  # e.g. Hydra cannot create its output folder under an unusable store
+    except OSError as exc:  # e.g. Hydra cannot create its output folder, a cohort its runs' folders
         from hydra.errors import HydraException
 
         if isinstance(exc, HydraException):  # MissingConfigException is an IOError too
             return _report(exc)
-        return _report(StoreError(os_error_line(exc)), exc)
+        return _report(_os_error(exc, _FOLDERS), exc)
     except Exception as exc:
         from hydra.errors import HydraException
 
@@ -163,6 +186,32 @@ def main(argv: list[str] | None = None) -> int:
 
         GlobalHydra.instance().clear()
     return 0
+
+
+FOLDER_SETTINGS = ("store", "results_dir", "dataset.root", "tune.journal")  # the folders a task writes
+_FOLDERS: dict[str, str] = {}  # this launch's folders by the setting that places them (`FolderCallback`)
+
+
+def _folders(cfg: DictConfig) -> dict[str, str]:
+    """The folders a (job's) config places, keyed `<setting>=` as the advice names them."""
+    return {f"{key}=": str(value) for key in FOLDER_SETTINGS if (value := OmegaConf.select(cfg, key, default=None))}
+
+
+class FolderCallback(Callback):
+    """Notes the launch's folders (store, results, Hydra's own) before Hydra creates any, so that an OSError,
+    even one raised before a job starts (Hydra's output folder, a cohort's run folders), names the setting that
+    placed its path: `hydra.run.dir=` for Hydra's folder, not `store=`. Registered in conf/config.yaml."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _FOLDERS.update({**_folders(config), "hydra.run.dir=": str(config.hydra.run.dir)})
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _FOLDERS.update({**_folders(config), "hydra.sweep.dir=": str(config.hydra.sweep.dir)})
+
+
+def _os_error(exc: OSError, folders: dict[str, str]) -> StoreError:
+    """The one-line error for a failed file operation, advising the setting that placed its path."""
+    return StoreError(os_error_line(exc, setting_for(exc.filename, folders)))
 
 
 def _job_state(exc: BaseException) -> str:

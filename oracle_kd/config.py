@@ -3,9 +3,11 @@
 Hydra composes `conf/`; every group is backed by a dataclass (the run's groups here, each method's in its
 file, each task's section beside the task), so an unknown key or a value of the wrong type fails at
 composition, and the dataclass is the one home of every default. `validate` then checks ranges and
-names (architectures, datasets, presets, every section's own `validate`) and turns the composed
-DictConfig into typed objects the rest of the code uses. All failures are `ConfigError`s with one line
-that names the key and the allowed values.
+names (architectures, datasets, presets, every section's own `validate`), what can be known from the config
+before any work (the pairing, `dataset.train_size` against the dataset, the running task's section's
+`check(rc)`: task=tune opens its storage) and turns the composed DictConfig into typed objects the rest of
+the code uses. Every failure is one line that names the key and the allowed values (a `ConfigError`, or a
+`StoreError` for a storage that cannot be opened or written).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import copy
 import dataclasses
 import importlib.util
 import json
+import logging
 import math
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.teacher_view import PLAIN
 from oracle_kd.data import available_datasets, dataset_shape
+from oracle_kd.data.subset import train_split_size
 from oracle_kd.errors import ConfigError, choice, mask_credentials, reason, require
 from oracle_kd.methods import MethodConfig, available_methods, build_distiller, method_entry
 from oracle_kd.models import available_models, build_model
@@ -37,6 +41,7 @@ STEMS = ("auto", "imagenet", "cifar")
 AUTO_RECIPE_PREFIX = "for_"  # conf/train/for_<dataset>.yaml: the recipe used when no train= is given
 OPTIMIZERS = ("sgd", "dot")
 LOGGERS = ("none", "tensorboard")  # per-epoch curves of each run: <run folder>/tb/ (engine/curves.py)
+log = logging.getLogger("oracle_kd")
 
 
 @dataclass
@@ -339,11 +344,10 @@ def validate(cfg: DictConfig) -> RunConfig:
     choice("dataset.name", rc.dataset.name, available_datasets())
     require(rc.dataset.crop_pad >= 0, "dataset.crop_pad", rc.dataset.crop_pad, "must be >= 0")
     require(rc.dataset.workers >= 0, "dataset.workers", rc.dataset.workers, "must be >= 0")
-    require(rc.dataset.train_size >= 0, "dataset.train_size", rc.dataset.train_size,
-            "must be >= 0 (0 = the whole training split)")
     choice("student.stem", rc.student.stem, STEMS)
     choice("teacher.stem", rc.teacher.stem, STEMS)
     require(0 < rc.dataset.test_fraction < 1, "dataset.test_fraction", rc.dataset.test_fraction, "must be in (0, 1)")
+    rc.dataset = check_train_size(rc.dataset)
     choice("student.arch", rc.student.arch, available_models())
     choice("teacher.arch", rc.teacher.arch, available_models())
     if rc.teacher.train != "same":
@@ -370,7 +374,38 @@ def validate(cfg: DictConfig) -> RunConfig:
             section.validate()
     if rc.task in ("train", "plan"):
         check_pairing(rc)
+    task_section = rc.sections.get(rc.task)
+    if hasattr(task_section, "check"):  # what the running task needs of the whole config (task=tune: its storage)
+        task_section.check(rc)
     return rc
+
+
+def check_train_size(d: DatasetConfig) -> DatasetConfig:
+    """`dataset.train_size` against the dataset, before anything trains: a subset keeps every class, so fewer
+    samples than classes is refused; a size at or above the training split is no subset but the whole split, so
+    it is normalised to 0 (one line) and the run keeps the run_id of the same data."""
+    n = d.train_size
+    require(n >= 0, "dataset.train_size", n, "must be >= 0 (0 = the whole training split)")
+    if n == 0:
+        return d
+    classes = dataset_shape(d.name).classes
+    require(n >= classes, "dataset.train_size", n, f"is fewer samples than the {classes} classes of {d.name} (a "
+            f"stratified subset keeps at least one of each); give at least {classes}, or 0 for the whole split")
+    split = train_split_size(d.name, d.test_fraction)
+    if split is None or n < split:
+        return d
+    _say_once(f"dataset.train_size={n} is the whole training split of {d.name} ({split} samples): training on all "
+              "of it, as the run without dataset.train_size (the same run_id)")
+    return dataclasses.replace(d, train_size=0)
+
+
+_SAID: set[str] = set()  # lines said once per process, however often a config is validated (launchers, jobs)
+
+
+def _say_once(line: str) -> None:
+    if line not in _SAID:
+        _SAID.add(line)
+        log.info("%s", line)
 
 
 def check_ddp(rc: RunConfig) -> None:

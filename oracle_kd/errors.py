@@ -1,7 +1,10 @@
 """User-facing errors: one line that says what is wrong and what to do, never a traceback."""
 
 import errno
+import os
 import re
+from pathlib import Path
+from typing import Mapping
 
 
 class OracleKDError(Exception):
@@ -43,9 +46,9 @@ def reason(exc: BaseException, limit: int = 240) -> str:
     """The gist of a third-party exception as one plain line: colour codes stripped, and for torch's long
     weights_only refusals the sentence that names the refused global, not the paragraphs of advice."""
     text = mask_credentials(_ANSI.sub("", str(exc)))
-    unsupported = re.search(r"Unsupported global: GLOBAL [\w.]+", text)
-    if unsupported:
-        return unsupported.group(0).replace("GLOBAL ", "")
+    unsupported = re.search(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module)", text)
+    if unsupported:  # torch's two wordings: a global outside the allow-list, or one of a module it blocks
+        return f"Unsupported global: {unsupported.group(1)}"
     unpickler = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)  # torch's weights_only: the real cause
     first = unpickler.group(1).strip() if unpickler else next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     first = first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
@@ -60,23 +63,41 @@ def from_scheduler(exc: BaseException) -> bool:
     return type(exc).__name__ == "UncompletedJobError" and type(exc).__module__.split(".")[0] == "submitit"
 
 
-_OS_ADVICE = {
-    errno.ENOSPC: "the disk is full; free space there and relaunch (finished runs and last checkpoints are intact)",
-    errno.EDQUOT: "the disk quota is exceeded; free space there and relaunch (finished runs and last checkpoints "
-                  "are intact)",
-    errno.EROFS: "the file system is read-only; point store= (or results_dir=) at a writable folder",
-    errno.EACCES: "permission denied; fix the folder's permissions or point store= (or results_dir=) elsewhere",
-    errno.EPERM: "operation not permitted; fix the folder's permissions or point store= (or results_dir=) elsewhere",
-    errno.ENOTDIR: "part of the path is a file, not a folder; choose another store= (or results_dir=)",
-    errno.ENOENT: "no such file or folder",
+_KEEP = "free space there and relaunch (finished runs and last checkpoints are intact)"
+_OS_ADVICE: dict[int, tuple[str, str]] = {  # errno -> (what happened, what to do; {} is the setting to change)
+    errno.ENOSPC: ("the disk is full", _KEEP),
+    errno.EDQUOT: ("the disk quota is exceeded", _KEEP),
+    errno.EROFS: ("the file system is read-only", "point {} at a writable folder"),
+    errno.EACCES: ("permission denied", "fix the folder's permissions or point {} elsewhere"),
+    errno.EPERM: ("operation not permitted", "fix the folder's permissions or point {} elsewhere"),
+    errno.ENOTDIR: ("part of the path is a file, not a folder", "choose another {}"),
+    errno.EEXIST: ("it exists and is not a folder", "choose another {}"),  # mkdir(exist_ok=True) on a file
+    errno.ENOENT: ("no such file or folder", ""),
 }
+_ANY_FOLDER = "store= (or results_dir=)"  # the advice when no setting is known to place the path
 
 
-def os_error_line(exc: OSError) -> str:
-    """One line for a failed file operation: the path, and what to do about it."""
+def os_error_line(exc: OSError, setting: "str | None" = None) -> str:
+    """One line for a failed file operation: the path, and what to do about it, naming `setting` (e.g.
+    `hydra.run.dir=`: the setting that placed the path, see `setting_for`; by default store= or results_dir=)."""
     where = f" {exc.filename!r}" if exc.filename else ""
-    advice = _OS_ADVICE.get(exc.errno or 0, exc.strerror or str(exc))
-    return f"cannot use{where}: {advice}"
+    what, todo = _OS_ADVICE.get(exc.errno or 0, (exc.strerror or str(exc), ""))
+    return f"cannot use{where}: {what}" + (f"; {todo.format(setting or _ANY_FOLDER)}" if todo else "")
+
+
+def setting_for(path: "str | os.PathLike[str] | None", folders: "Mapping[str, str]") -> "str | None":
+    """Which of `folders` (setting -> the folder it places, e.g. {"store=": "runs"}) a failed `path` belongs to,
+    so that the advice names the setting to change: the deepest folder holding the path; else, for a path
+    above them (a parent that could not be created), every folder below it."""
+    if not path:
+        return None
+    target = Path(os.path.abspath(os.path.expanduser(path)))
+    places = {key: Path(os.path.abspath(os.path.expanduser(folder))) for key, folder in folders.items() if folder}
+    holding = [key for key, place in places.items() if place == target or place in target.parents]
+    if holding:
+        return max(holding, key=lambda key: len(places[key].parts))
+    below = [key for key, place in places.items() if target in place.parents]
+    return " or ".join(below) or None
 
 
 def require(ok: bool, key: str, value: object, rule: str) -> None:

@@ -58,29 +58,32 @@ def print_plan(rcs: list[RunConfig], max_members: int | None) -> None:
 
 
 class SweepProgress:
-    """How far a sweep is: runs done, how many were already finished (skipped) or resumed, how many are left,
-    and an ETA from the measured time per trained run so far (one line after each cohort)."""
+    """How far a sweep is: runs done, how many were already finished (skipped) or resumed, how many failed (not
+    done: a relaunch retries them), how many are left, and an ETA from the measured time per trained run so far
+    (one line after each cohort)."""
 
     def __init__(self, rcs: list[RunConfig]) -> None:
         self.states = [run_status(rc)["status"] for rc in rcs]  # read once, at the start of the sweep
-        self.total, self.done, self.trained, self.seconds = len(rcs), 0, 0, 0.0
+        self.total, self.done, self.failed, self.trained, self.seconds = len(rcs), 0, 0, 0, 0.0
         self.finished = sum(s.startswith("finished") for s in self.states)
         self.resumed = sum(s.startswith("resumable") for s in self.states)
         log.info("sweep: %d training runs: %d finished already (skipped), %d to resume, %d new", self.total,
                  self.finished, self.resumed, self.total - self.finished - self.resumed)
 
-    def cohort_done(self, members: list[int], seconds: float) -> str:
-        """Count a finished cohort (`members`: indices into the sweep's runs) and log where the sweep is; the
-        time per run is measured over the members that were not finished before."""
-        self.done += len(members)
+    def cohort_done(self, members: list[int], seconds: float, failed: int = 0) -> str:
+        """Count a cohort that ended (`members`: indices into the sweep's runs, `failed` of them failed) and log
+        where the sweep is; the time per run is measured over the members that were not finished before."""
+        self.done += len(members) - failed
+        self.failed += failed
         self.trained += sum(not self.states[k].startswith("finished") for k in members)
         self.seconds += seconds
-        left = self.total - self.done
+        left = self.total - self.done - self.failed
         eta = ""
         if left and self.trained:
             per_run = self.seconds / self.trained
             eta = f", ETA {_duration(per_run * left)} ({per_run:.0f} s per run measured)"
-        line = f"sweep: {self.done}/{self.total} runs done, {left} left{eta}"
+        failures = f", {self.failed} failed" if self.failed else ""
+        line = f"sweep: {self.done}/{self.total} runs done{failures}, {left} left{eta}"
         log.info("%s", line)
         return line
 
@@ -111,16 +114,22 @@ def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
         jobs = [train[k] for k in group]
         log.info("cohort of %d run(s): jobs %s", len(jobs), ", ".join(f"#{configs[i].hydra.job.num}" for i in jobs))
         start = time.perf_counter()
-        try:
-            results = run_cohort([rcs[i] for i in jobs])
-        except OracleKDError as exc:
-            functions.update((i, _raising(exc)) for i in jobs)
-            continue
-        finally:
-            progress.cohort_done(group, time.perf_counter() - start)
-        functions.update((i, _raising(TrainingError(r["error"])) if r["status"] == "failed" else _returning(r))
-                         for i, r in zip(jobs, results))
+        outcomes = _cohort_outcomes([rcs[i] for i in jobs])
+        failed = sum(isinstance(o, OracleKDError) for o in outcomes)
+        progress.cohort_done(group, time.perf_counter() - start, failed)
+        functions.update((i, _raising(o) if isinstance(o, OracleKDError) else _returning(o))
+                         for i, o in zip(jobs, outcomes))
     return [functions.get(i, task_function) for i in range(len(configs))]
+
+
+def _cohort_outcomes(members: list[RunConfig]) -> list[Any]:
+    """Train a cohort: each member's record, or the one-line error it failed with (every member's, when the
+    cohort could not start)."""
+    try:
+        results = run_cohort(members)
+    except OracleKDError as exc:
+        return [exc] * len(members)
+    return [TrainingError(r["error"]) if r["status"] == "failed" else r for r in results]
 
 
 def cluster_groups(configs: list[DictConfig], max_members: int | None) -> tuple[list[list[int]], list[int]]:

@@ -4,6 +4,8 @@ on-disk formats, the test servers, the tiny model) are the `helpers` package in 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
@@ -19,6 +21,18 @@ def pytest_configure(config: pytest.Config) -> None:
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+    _outputs_elsewhere(config)
+
+
+def _outputs_elsewhere(config: pytest.Config) -> None:
+    """Hydra's outputs/ and multirun/ folders (conf/config.yaml) go under $ORACLE_KD_OUTPUTS, here a temporary
+    folder of the session, so that launches without their own hydra.run.dir do not fill the working directory.
+    The xdist workers and the subprocesses that tests start inherit it; the process that made it removes it."""
+    if "PYTEST_XDIST_WORKER" in os.environ and "ORACLE_KD_OUTPUTS" in os.environ:  # the controller's folder
+        return
+    folder = tempfile.mkdtemp(prefix="oracle-kd-outputs-")
+    os.environ["ORACLE_KD_OUTPUTS"] = folder
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
 @pytest.fixture(autouse=True)

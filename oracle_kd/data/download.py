@@ -19,7 +19,7 @@ adds what a sweep needs around them:
   wait find the dataset present and skip.
 - **Mirrors.** `ORACLE_KD_DOWNLOAD_MIRROR=<base URL>` fetches every archive from `<base URL>/<archive name>`
   instead of its published address (a local mirror, a cluster cache, the tests' local server). The MD5s are
-  checked all the same.
+  checked all the same; a value that is not a URL (no scheme) is one line naming the variable, not retried.
 
 ImageNet cannot be downloaded (its licence: image-net.org hands it out after its terms are accepted), and
 digits ships with scikit-learn, so asking to download it does nothing.
@@ -91,9 +91,13 @@ ARCHIVES: dict[str, Archive] = {
 }
 
 
+def _mirror() -> str:
+    return os.environ.get(MIRROR_ENV, "").strip()
+
+
 def archive_url(archive: Archive) -> str:
     """The published address, or `$ORACLE_KD_DOWNLOAD_MIRROR/<archive name>` when that is set."""
-    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    mirror = _mirror()
     return f"{mirror.rstrip('/')}/{archive.filename}" if mirror else archive.url
 
 
@@ -194,6 +198,9 @@ def _fetch(archive: Archive, root: Path) -> Path:
                        f"{actual} ({size} bytes: a corrupt or interrupted transfer)")
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
             problem = f"network failure fetching {url}: {_net_reason(exc)}"
+        except ValueError as exc:  # urllib's "unknown url type": the published addresses are URLs, so the mirror
+            raise DatasetError(f"{MIRROR_ENV}={_mirror()!r} is not a base URL ({reason(exc)}): set it to one such as "
+                               f"https://<host>/<folder>/, or unset it to fetch the published address") from None
         except OSError as exc:  # writing the file (disk full, permissions)
             part.unlink(missing_ok=True)
             raise DatasetError(f"cannot write {part}: {exc.strerror or exc}") from None

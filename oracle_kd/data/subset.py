@@ -3,17 +3,31 @@
 Each class keeps a share of the subset proportional to its share of the split (largest-remainder
 rounding, so the counts sum to exactly the size asked for), and at least one sample. Which samples of a
 class are kept is drawn by a torch.Generator seeded with the run seed; the kept samples stay in their
-original order. The test split is never cut.
+original order. The test split is never cut. A size at or above the training split is no subset: the config
+check normalises it to 0 (the whole split, under the run's usual identity) by the split's size as published,
+`train_split_size`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
 from oracle_kd.data.types import DataBundle, FileSet, ImageSet
 from oracle_kd.errors import ConfigError
+
+DIGITS_SAMPLES = 1797  # scikit-learn's digits, split into train and test by `dataset.test_fraction`
+TRAIN_SPLITS = {"cifar10": 50_000, "cifar100": 50_000, "tiny_imagenet": 100_000, "imagenet": 1_281_167}
+
+
+def train_split_size(name: str, test_fraction: float) -> int | None:
+    """The training split's size as the dataset is published, known without reading it (digits: what scikit-learn's
+    stratified split leaves after holding out ceil(test_fraction·N)); None for a dataset not listed."""
+    if name == "digits":
+        return DIGITS_SAMPLES - math.ceil(test_fraction * DIGITS_SAMPLES)
+    return TRAIN_SPLITS.get(name)
 
 
 def class_quotas(counts: list[int], size: int) -> list[int]:

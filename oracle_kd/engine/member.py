@@ -19,14 +19,14 @@ from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.engine import distributed
 from oracle_kd.engine.curves import Curves, open_curves
 from oracle_kd.engine.hardware import in_run_dtype, prepare_model
-from oracle_kd.engine.state import TrainState, load_checkpoint, save_checkpoint, seed_everything
+from oracle_kd.engine.state import TrainState, load_checkpoint, own_rng, rng_state, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.stream import Stream
 from oracle_kd.engine.teacher import build_run_model, identify, needs
 from oracle_kd.errors import StoreError, reason
 from oracle_kd.methods import Distiller, build_distiller
 from oracle_kd.store import record, run_folder
-from oracle_kd.store.io import append_metrics, atomic_write_json, read_metrics, write_metrics
+from oracle_kd.store.io import append_metrics, atomic_write_json, file_sha256, read_metrics, write_metrics
 
 log = logging.getLogger("oracle_kd")
 
@@ -103,6 +103,8 @@ class Member:
     failed: str | None = None
     curves: Curves = field(default_factory=Curves)  # logger=tensorboard: <folder>/tb/, opened by resume
     phases: list[Phase] = field(default_factory=list)  # after the main epochs, in order (`core.needs`)
+    rebuilding: dict[str, str] = field(default_factory=dict)  # damaged file -> its recorded SHA-256 ("" if none)
+    rng: dict[str, Any] | None = None  # this run's RNG state: its steps run on it (`state.own_rng`), last.pt keeps it
 
     @classmethod
     def build(cls, job: Job, stream: Stream) -> "Member":
@@ -118,7 +120,8 @@ class Member:
                                  rc.hardware.precision)
         forward_train = distributed.wrap_for_training(distiller, stream.env, device, sync_bn=rc.hardware.sync_bn)
         optimizer = make_optimizer(distiller.trainable_parameters(), rc.train)
-        return cls(job, stream.env.is_main, distiller, forward_train, optimizer, phases=needs(rc).phases)
+        return cls(job, stream.env.is_main, distiller, forward_train, optimizer, phases=needs(rc).phases,
+                   rng=rng_state())  # where a solo run's RNG stands after its build
 
     @property
     def rc(self) -> RunConfig:
@@ -167,14 +170,13 @@ class Member:
         is never retrained: without a complete last.pt that is a StoreError."""
         folder, rid, epochs = self.job.folder, self.job.rid, self.rc.train.total_epochs
         metrics, ckpt = folder / record.METRICS, folder / record.CHECKPOINT
-        if self.job.rebuild and not ckpt.exists():
-            raise StoreError(f"run {rid}: {self.job.rebuild}, and there is no last.pt to rebuild it from; "
-                             f"delete {str(folder)!r} to train the run again")
+        if self.job.rebuild:
+            self.check_rebuild_source()
         if self.main:
             run_folder.take_up(folder)
         if ckpt.exists():
             try:
-                self.state, rows = load_checkpoint(ckpt, self.distiller, self.optimizer, device)
+                self.state, rows, self.rng = load_checkpoint(ckpt, self.distiller, self.optimizer, device)
             except Exception as exc:  # truncated, garbled, refused by weights_only, or not our layout
                 why = reason(exc)
                 if self.job.rebuild:
@@ -192,21 +194,67 @@ class Member:
         elif self.main and metrics.exists():
             metrics.unlink()  # rows of a launch that died before its first checkpoint
         if self.job.rebuild:
-            if self.state.epoch < epochs:
-                raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt cannot rebuild it (it holds epoch "
-                                 f"{self.state.epoch} of {epochs}); delete {str(folder)!r} to train the run again")
-            result = folder / record.RESULT
-            if self.main and self.job.rebuild.startswith(record.RESULT) and result.exists():
-                run_folder.set_aside(result)
-            log.warning("run %s: %s: rebuilding its record from last.pt (all %d epochs done)%s", rid,
-                        self.job.rebuild, epochs, f"; the damaged file is kept as {record.RESULT}{record.CORRUPT_SUFFIX}"
-                        if self.job.rebuild.startswith(record.RESULT) else "")
+            self.settle_rebuild()
         stop = self.rc.stop_after_epoch
         if stop is not None and stop <= self.state.epoch < epochs:  # relaunched with the same stop: stop at once
             self.stopped = True
             log.info("run %s is already past stop_after_epoch=%d (epoch %d): not training", rid, stop, self.state.epoch)
         self.curves = open_curves(self.rc.logger, folder, self.rows, self.job.semantic, main=self.main)
         return True
+
+    def settle_rebuild(self) -> None:
+        """After last.pt is read for a damaged finished run: an unfinished one (a damaged result.json, last.pt
+        short of the end) resumes; otherwise last.pt must be at the final epoch (and at the best one for best.pt),
+        and the damaged files are set aside for their rebuilt copies."""
+        folder, rid, epochs = self.job.folder, self.job.rid, self.rc.train.total_epochs
+        if self.job.rebuild.startswith(record.RESULT) and self.state.epoch < epochs:
+            # a result.json that is damaged and a last.pt short of the end: the run never finished, so it resumes
+            if self.main:
+                run_folder.set_aside(folder / record.RESULT)
+            log.warning("run %s: %s, and last.pt holds epoch %d of %d: the run is unfinished; resuming it (the "
+                        "damaged file is kept as %s%s)", rid, self.job.rebuild, self.state.epoch, epochs,
+                        record.RESULT, record.CORRUPT_SUFFIX)
+            self.job.rebuild, self.rebuilding = None, {}
+            return
+        if self.state.epoch < epochs:
+            raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt cannot rebuild it (it holds epoch "
+                             f"{self.state.epoch} of {epochs}); delete {str(folder)!r} to train the run again")
+        if record.BEST in self.rebuilding and self.state.best_epoch != epochs:
+            raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt cannot rebuild best.pt (it holds the "
+                             f"last epoch, {epochs}; the best was epoch {self.state.best_epoch}); its numbers "
+                             f"stand, but delete {str(folder)!r} to train the run again for its best weights")
+        # the damaged files are kept beside their rebuilt copies (metrics.jsonl was rewritten from last.pt above)
+        damaged = [record.RESULT] if self.job.rebuild.startswith(record.RESULT) else list(self.rebuilding)
+        kept = [name for name in damaged if name != record.METRICS and (folder / name).exists()]
+        if self.main:
+            for name in kept:
+                run_folder.set_aside(folder / name)
+        log.warning("run %s: %s: rebuilding its record from last.pt (all %d epochs done)%s", rid,
+                    self.job.rebuild, epochs, f"; the damaged file{'s are' if len(kept) > 1 else ' is'} kept as "
+                    f"{', '.join(name + record.CORRUPT_SUFFIX for name in kept)}" if kept else "")
+
+    def check_rebuild_source(self) -> None:
+        """Before a damaged finished run is rebuilt: last.pt exists and, where the record has its SHA-256, matches
+        it; notes which files are rebuilt (`rebuilding`) and what they should hash to."""
+        folder, rid, ckpt = self.job.folder, self.job.rid, self.job.folder / record.CHECKPOINT
+        if not ckpt.exists():
+            raise StoreError(f"run {rid}: {self.job.rebuild}, and there is no last.pt to rebuild it from; "
+                             f"delete {str(folder)!r} to train the run again")
+        old, _ = record.read_result(folder)  # None when result.json itself is the damaged file
+        hashes = (old or {}).get("sha256") or {}
+        if hashes.get(record.CHECKPOINT) and file_sha256(ckpt) != hashes[record.CHECKPOINT]:
+            raise StoreError(f"run {rid}: {self.job.rebuild}, and last.pt does not match its SHA-256 either, so "
+                             f"nothing can rebuild it; delete {str(folder)!r} to train the run again")
+        self.rebuilding = {name: hashes.get(name, "") for name in (record.damaged_files(folder, old) if old else {})}
+
+    def report_rebuilt(self, hashes: dict[str, str] | None) -> None:
+        """Say, per rebuilt file, whether it came back byte for byte (its SHA-256 is the one recorded)."""
+        for name, want in self.rebuilding.items():
+            if want and hashes is not None:
+                same = hashes.get(name) == want
+                log.warning("run %s: %s rebuilt from last.pt: %s", self.job.rid, name,
+                            "byte for byte the file it recorded" if same else "its SHA-256 differs from the one "
+                            "recorded (the same weights, written differently)")
 
     def step(self, batch: Batch, epoch: int, progress: float, stream: Stream,
              global_batch: int | None, teacher_out: TeacherOut | None, meter: EpochMeter) -> None:
@@ -218,8 +266,9 @@ class Member:
         if global_batch is not None:  # a shard: DDP averages over ranks, so weight it by its share of the batch
             self.distiller.global_batch_size = global_batch
             scale = batch.y.numel() * stream.env.world_size / global_batch
-        logits, losses, loss = train_step(self.forward_train, self.optimizer, batch, epoch, stream.amp, scale,
-                                          teacher_out)
+        with own_rng(self):
+            logits, losses, loss = train_step(self.forward_train, self.optimizer, batch, epoch, stream.amp, scale,
+                                              teacher_out)
         meter.add(logits, losses, loss, batch.y, self.distiller.global_batch_size)
 
     def save_epoch(self, row: dict[str, Any]) -> None:
@@ -227,7 +276,7 @@ class Member:
         if self.main:
             append_metrics(self.job.folder / record.METRICS, row)
             save_checkpoint(self.job.folder / record.CHECKPOINT, self.distiller, self.optimizer, self.state, row["lr"],
-                            self.rows)
+                            self.rows, self.rng if self.rng is not None else rng_state())
             self.curves.log(row)
 
 

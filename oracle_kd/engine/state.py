@@ -1,13 +1,14 @@
-"""A run's train state, the process RNG, and last.pt: everything a killed run needs to resume and end
-with the numbers of an uninterrupted one."""
+"""A run's train state, its RNG, and last.pt: everything a killed run needs to resume and end with the numbers
+of an uninterrupted one."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -64,22 +65,34 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy(), *rest))
 
 
+@contextlib.contextmanager
+def own_rng(holder: Any) -> Iterator[None]:
+    """Run with `holder.rng` as the process RNG and keep what the block leaves in it: each run of a cohort draws
+    from its own stream, as it would alone, whatever the others draw (`holder.rng` None: the process's)."""
+    if holder.rng is not None:
+        set_rng_state(holder.rng)
+    try:
+        yield
+    finally:
+        holder.rng = rng_state()
+
+
 def save_checkpoint(path: Path, distiller: Distiller, optimizer: torch.optim.Optimizer, state: TrainState,
-                    lr: float, rows: list[dict[str, Any]]) -> None:
-    """last.pt: trainable weights (never the fixed teacher), optimizer, schedule position, RNG, state, and the
-    metrics rows so far (the authoritative copy: metrics.jsonl is rebuilt from it on resume)."""
+                    lr: float, rows: list[dict[str, Any]], rng: dict[str, Any]) -> None:
+    """last.pt: trainable weights (never the fixed teacher), optimizer, schedule position, the run's RNG, state,
+    and the metrics rows so far (the authoritative copy: metrics.jsonl is rebuilt from it on resume)."""
     atomic_torch_save(path, {"model": distiller.trainable_state_dict(), "optimizer": optimizer.state_dict(),
-                             "schedule": {"epoch": state.epoch, "lr": lr}, "rng": rng_state(),
+                             "schedule": {"epoch": state.epoch, "lr": lr}, "rng": rng,
                              "state": state.as_dict(), "metrics": rows})
 
 
-def load_checkpoint(path: Path, distiller: Distiller, optimizer: torch.optim.Optimizer,
-                    device: torch.device) -> tuple[TrainState, list[dict[str, Any]] | None]:
-    """Restore what `save_checkpoint` wrote (RNG included); return the saved state and metrics rows (None
-    for a checkpoint written before they were kept). Any damage raises (weights_only: nothing executes)."""
+def load_checkpoint(path: Path, distiller: Distiller, optimizer: torch.optim.Optimizer, device: torch.device
+                    ) -> tuple[TrainState, list[dict[str, Any]] | None, dict[str, Any]]:
+    """Restore the weights and optimizer `save_checkpoint` wrote; return the saved state, the metrics rows (None
+    for a checkpoint written before they were kept) and the run's RNG state. Any damage raises (weights_only:
+    nothing executes)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     state = TrainState(**ckpt["state"])
     distiller.load_trainable_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    set_rng_state(ckpt["rng"])
-    return state, ckpt.get("metrics")
+    return state, ckpt.get("metrics"), ckpt["rng"]

@@ -24,7 +24,8 @@ from oracle_kd.engine.step import evaluate
 from oracle_kd.engine.teacher import build_teacher, identify, needs, needs_teacher, teacher_run_config
 from oracle_kd.errors import ConfigError, StoreError
 from oracle_kd.methods import method_entry
-from oracle_kd.store import record
+from oracle_kd.store import record, run_folder
+from oracle_kd.store.io import file_sha256
 
 Loader = BatchLoader | FolderLoader
 
@@ -35,15 +36,15 @@ def load_teacher(rc: RunConfig, data: DataBundle, device: torch.device, artefact
     tresult = None
     if rc.teacher.checkpoint == "auto":
         _, trid, tdir = identify(teacher_run_config(rc))
-        tresult, problem = record.read_result(tdir)
+        tresult, problem = run_folder.finished_record(tdir)  # its files verified: no student trains from a bad one
         if tresult is None:
-            raise StoreError(f"the auto teacher run {trid} is not finished ({problem or 'no result.json'}); "
-                             f"launch it first")
+            raise StoreError(f"the auto teacher run {trid} is {'damaged: ' + problem if problem else 'not finished'}; "
+                             f"launch it first (a launch rebuilds a damaged run from its last.pt)")
         path, source = tdir / record.MODEL, f"run {trid}"
     else:
         path, source = Path(rc.teacher.checkpoint), rc.teacher.checkpoint
     teacher = build_teacher(rc, data, device, path, source, artefacts, keep_bn=keep_bn)
-    info = {"arch": rc.teacher.arch, "source": source,
+    info = {"arch": rc.teacher.arch, "source": source, "sha256": file_sha256(path),
             "train_best_top1": tresult["best_top1"] if tresult else None}
     return teacher, info
 

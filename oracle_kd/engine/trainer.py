@@ -169,8 +169,12 @@ class Trainer:
         if not m.last_eval:  # a relaunch that found every epoch done but no result (died while finishing)
             m.last_eval = evaluate(m.distiller.student, s.test_loader(rc.train.eval_batch_size), s.amp, self.env)
         if m.main:
+            if record.BEST in m.rebuilding:  # its best epoch is the last (checked when last.pt was read)
+                atomic_torch_save(m.job.folder / record.BEST, m.distiller.student.state_dict())
             atomic_torch_save(m.job.folder / record.MODEL, m.distiller.student.state_dict())
         model_bytes = (m.job.folder / record.MODEL).stat().st_size if m.main else None
+        hashes = record.file_hashes(m.job.folder) if m.main else None
+        m.report_rebuilt(hashes)
         result = RunResult(
             run_id=m.job.rid, status="finished", folder=str(m.job.folder), dataset=rc.dataset.name,
             method=rc.method.name, student=rc.student.arch, teacher=m.teacher_info["arch"] if m.teacher_info else None,
@@ -183,6 +187,7 @@ class Trainer:
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             cohort={"size": len(self.members), "time_share": st.train_time_s / max(st.cohort_time_s, 1e-9)},
             model_bytes=model_bytes, student_params=sum(p.numel() for p in m.distiller.student.parameters()),
+            sha256=hashes,
         ).to_json()
         if m.main:
             atomic_write_json(m.job.folder / record.RESULT, result)
@@ -253,7 +258,7 @@ def run_cohort(rcs: list[RunConfig], announce: str | None = None) -> list[dict[s
         check_ddp(jobs[0].rc)
     results: dict[str, dict[str, Any]] = {}
     if not env.active:  # finished runs need no lock (result.json is written last, atomically): a read-only store works
-        results.update((j.rid, r) for j in jobs if (r := _stored(j)) is not None)
+        results.update((j.rid, r) for j in jobs if (r := _stored(j, write=True)) is not None)
     pending = [j for j in jobs if j.rid not in results]
     for prerequisite, line in {identify(p)[1]: (p, ln) for j in pending for p, ln in prerequisites(j.rc)}.values():
         run(prerequisite, announce=line)  # each once, before any member's lock; a member may be one itself
@@ -263,7 +268,7 @@ def run_cohort(rcs: list[RunConfig], announce: str | None = None) -> list[dict[s
                 locks.enter_context(run_lock(job.folder, on_wait=lambda rid=job.rid: log.info(
                     "run %s is being trained by another process: waiting", rid)))
         distributed.barrier(env)  # every rank now sees the folders as rank 0 found them
-        results.update((j.rid, r) for j in pending if (r := _stored(j)) is not None)
+        results.update((j.rid, r) for j in pending if (r := _stored(j, write=env.is_main)) is not None)
         pending = [j for j in pending if j.rid not in results]
         if pending:
             if announce:
@@ -281,13 +286,15 @@ def run_cohort(rcs: list[RunConfig], announce: str | None = None) -> list[dict[s
     return [results[j.rid] for j in ordered]
 
 
-def _stored(job: Job) -> dict[str, Any] | None:
-    """The stored record of a finished run (logged), or None. A record or model.pt that is damaged marks the
-    job for rebuilding from last.pt (`job.rebuild`) instead of training."""
+def _stored(job: Job, write: bool) -> dict[str, Any] | None:
+    """The stored record of a finished run (logged), or None. A record or a file it vouches for that is damaged
+    marks the job for rebuilding from last.pt (`job.rebuild`) instead of training. A record written before the
+    hashes gets them (`run_folder.add_hashes`)."""
     result, job.rebuild = run_folder.finished_record(job.folder)
     if result is not None:
         log.info("run %s (%s %s) is already finished: best top-1 %.2f, last %.2f — not training again",
                  job.rid, job.rc.method.name, job.rc.student.arch, result["best_top1"], result["last_top1"])
+        result = run_folder.add_hashes(job.folder, result, write)
     return result
 
 

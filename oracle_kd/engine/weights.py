@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,12 @@ from torch import nn
 from oracle_kd.errors import CheckpointError, reason
 
 WRAPPER_KEYS = ("model", "state_dict", "net")
+# the global a weights_only refusal names: "Unsupported global: GLOBAL x.y was not an allowed global ..." or, for a
+# module torch blocks outright (os, posix, subprocess, ...), "Trying to load unsupported GLOBAL x.y whose module x ..."
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module)")
+# where torch's refusals go on to advise loading with weights_only=False, in the wordings of its versions
+_ADVICE = re.compile(r"\s*(?:In PyTorch [\d.]+, we changed|Re-running `torch\.load`|This file can still be loaded).*",
+                     re.S)
 
 
 def _allowed_globals() -> list[Any]:
@@ -40,7 +47,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(_allowed_globals()):
             obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: {reason(exc)}") from None
+        raise _unreadable(path, exc) from None
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict):
@@ -50,6 +57,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"checkpoint {str(path)!r} holds no state_dict (expected a dict of tensors, "
                               f"or one under {'/'.join(WRAPPER_KEYS)})")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _unreadable(path: Path, exc: BaseException) -> CheckpointError:
+    """The one line for a checkpoint torch.load(weights_only=True) would not read. torch's own message advises
+    weights_only=False, which would let the file run the code it names; this tool never unpickles an untrusted
+    file, so the line names the global that was refused, and why, or gives torch's reason without that advice."""
+    refused = _REFUSED_GLOBAL.search(str(exc))
+    if refused:
+        return CheckpointError(
+            f"checkpoint {str(path)!r} is refused: it needs the global {refused.group(1)}, and checkpoints are read "
+            "with weights_only=True, admitting tensors, argparse.Namespace and numpy scalars only, since any other "
+            "global could run code from the file; save just the model's state_dict where the file was made")
+    cause = _ADVICE.sub("", reason(exc)).strip()
+    return CheckpointError(f"cannot read checkpoint {str(path)!r} with weights_only=True: {cause}")
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, arch: str) -> None:

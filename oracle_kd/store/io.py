@@ -18,12 +18,22 @@ import torch
 TEMP_SUFFIX = ".tmp"  # atomic writes go through `.<name>.<random>.tmp` in the target's folder
 
 
+_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
 def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's SHA-256, computed once per process for one version of a file (path, device, inode, size,
+    mtime): a table over many runs, or a teacher every student of a launch reads, hashes each file once."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def _umask() -> int:
@@ -71,18 +81,27 @@ def read_json(path: str | Path) -> Any:
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Per-epoch rows. A line that is not a JSON object with an integer `epoch` (a torn last line after a
     crash mid-append, garbled bytes) is skipped: the run's checkpoint holds the authoritative copy."""
-    rows = []
+    return read_metrics_checked(path)[0]
+
+
+def read_metrics_checked(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(the per-epoch rows, the 1-based numbers of the lines that are not rows), so a reader can say what it
+    left out instead of dropping it silently."""
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
     p = Path(path)
     if not p.exists():
-        return rows
-    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
+        return rows, bad
+    for number, line in enumerate(p.read_bytes().decode("utf-8", errors="replace").splitlines(), start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            row = None
         if isinstance(row, dict) and isinstance(row.get("epoch"), int):
             rows.append(row)
-    return rows
+        else:
+            bad.append(number)
+    return rows, bad
 
 
 def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -139,3 +158,14 @@ def figure_png(fig: Any, dpi: int = 110) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
+
+
+def atomic_write_figure(path: str | Path, fig: Any, dpi: int = 110) -> None:
+    """A matplotlib Figure as a PNG file, rendered in memory and written by `atomic_write_bytes` (a killed process
+    leaves the old image or none, never a torn one). An OSError names `path`, not the temp file the write went
+    through (a failed mkstemp or rename names that), so the one-line error says which figure could not be written."""
+    data = figure_png(fig, dpi)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from oracle_kd.store.io import file_sha256, read_metrics_checked
+
 RESULT = "result.json"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "last.pt"
@@ -27,6 +29,8 @@ CONFIG = "config.json"
 FAILURE = "failure.json"
 CORRUPT_SUFFIX = ".corrupt"  # a damaged file the tool replaced is kept beside it under this suffix
 REQUIRED = ("run_id", "status", "dataset", "method", "student", "seed", "best_top1", "last_top1", "semantic")
+HASHED = (MODEL, BEST, METRICS, CHECKPOINT)  # the files a result.json vouches for by SHA-256
+VERIFIED = (MODEL, BEST, METRICS)  # checked whenever a finished run is read; last.pt only when it rebuilds them
 
 
 @functools.lru_cache(maxsize=1)
@@ -84,6 +88,7 @@ class RunResult:
     cohort: Optional[dict[str, Any]] = None  # {"size": runs trained together, "time_share": this run's share}
     code_version: str = dataclasses.field(default_factory=code_version)
     model_bytes: Optional[int] = None  # size of model.pt, so a truncated file is noticed without reading it
+    sha256: Optional[dict[str, str]] = None  # file name -> SHA-256 of the HASHED files as the run wrote them
     student_params: Optional[int] = None  # the student's parameter count (KED compares models of equal size)
 
     def to_json(self) -> dict[str, Any]:
@@ -123,13 +128,39 @@ def read_result(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
     return (None, problem) if problem else (rec, None)
 
 
-def model_problem(folder: Path, rec: dict[str, Any]) -> str | None:
-    """Why a finished run's model.pt is unusable (missing, or not the size its record says), or None."""
-    path = folder / MODEL
-    if not path.is_file():
-        return "model.pt is missing"
-    size = path.stat().st_size
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of each HASHED file the folder holds: what a finished record vouches for."""
+    return {name: file_sha256(folder / name) for name in HASHED if (folder / name).is_file()}
+
+
+def damaged_files(folder: Path, rec: dict[str, Any]) -> dict[str, str]:
+    """File name -> why a finished run's file cannot be trusted (missing, truncated, not its recorded SHA-256,
+    garbled metric rows). A record written before the hashes is checked by model.pt's size alone."""
+    out: dict[str, str] = {}
+    model = folder / MODEL
     expected = rec.get("model_bytes")
-    if size == 0 or (isinstance(expected, int) and size != expected):
-        return f"model.pt is truncated ({size} bytes{f', expected {expected}' if isinstance(expected, int) else ''})"
-    return None
+    if not model.is_file():
+        out[MODEL] = "is missing"
+    elif model.stat().st_size == 0 or (isinstance(expected, int) and model.stat().st_size != expected):
+        out[MODEL] = (f"is truncated ({model.stat().st_size} bytes"
+                      f"{f', expected {expected}' if isinstance(expected, int) else ''})")
+    hashes = rec.get("sha256") if isinstance(rec.get("sha256"), dict) else {}
+    for name in VERIFIED:
+        if name in out or name not in hashes:
+            continue
+        path = folder / name
+        if not path.is_file():
+            out[name] = "is missing"
+        elif file_sha256(path) != hashes[name]:
+            out[name] = "does not match its SHA-256 in result.json (damaged in place)"
+    if METRICS not in out:
+        garbled = read_metrics_checked(folder / METRICS)[1]
+        if garbled:
+            out[METRICS] = f"has {len(garbled)} garbled row(s) (line {', '.join(map(str, garbled[:5]))})"
+    return out
+
+
+def files_problem(folder: Path, rec: dict[str, Any]) -> str | None:
+    """Why a finished run's files are unusable, in one phrase naming each damaged file, or None."""
+    damaged = damaged_files(folder, rec)
+    return "; ".join(f"{name} {why}" for name, why in damaged.items()) or None

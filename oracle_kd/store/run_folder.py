@@ -14,13 +14,27 @@ from oracle_kd.store.io import atomic_write_json, read_metrics, remove_stale_tem
 
 
 def finished_record(folder: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(result, None) for a finished run whose record and model.pt are sound; (None, why) when the record or
-    model.pt is damaged (a launch rebuilds it from last.pt); (None, None) when the run is not finished."""
+    """(result, None) for a finished run whose record and files are sound; (None, why) when the record or a file
+    it vouches for is damaged (a launch rebuilds it from last.pt); (None, None) when the run is not finished."""
     result, problem = record.read_result(folder)
     if result is not None:
-        problem = record.model_problem(folder, result)
+        problem = record.files_problem(folder, result)
         return (result, None) if problem is None else (None, problem)
     return None, f"{record.RESULT} {problem}" if problem is not None else None
+
+
+def add_hashes(folder: Path, result: dict[str, Any], write: bool = True) -> dict[str, Any]:
+    """A sound record written before the hashes, with them added (and, if `write`, written back where the store
+    is writable: a shared read-only store keeps working as it is)."""
+    if result.get("sha256"):
+        return result
+    result = {**result, "sha256": record.file_hashes(folder)}
+    if write:
+        try:
+            atomic_write_json(folder / record.RESULT, result)
+        except OSError:
+            pass
+    return result
 
 
 def status(folder: Path) -> str:
@@ -30,7 +44,7 @@ def status(folder: Path) -> str:
         return "finished"
     if problem is not None:
         if problem.startswith(record.RESULT):
-            return f"damaged: {problem}: a launch rebuilds it from last.pt"
+            return f"damaged: {problem}: a launch rebuilds it from last.pt (resumes the run if last.pt is short of the end)"
         return f"finished, but {problem}: a launch rebuilds it from last.pt"
     if (folder / record.FAILURE).exists():
         return "failed: a launch retries it from its last checkpoint"

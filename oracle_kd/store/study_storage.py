@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from oracle_kd.errors import ConfigError, StoreError, mask_credentials, reason
+from oracle_kd.errors import ConfigError, StoreError, mask_credentials, os_error_line, reason
 
 PASSWORD_ENV = "ORACLE_KD_STORAGE_PASSWORD"
 ATTEMPTS = 8
@@ -54,17 +54,14 @@ def storage_url(store: str | Path, url: Optional[str], journal: Optional[str]) -
 def make_storage(url: str, heartbeat_interval: int, grace_period: int, retries: int) -> Any:
     """A JournalStorage for `journal:` paths; otherwise an RDBStorage with Optuna's heartbeat, so a trial whose
     worker was killed does not stay RUNNING forever: once silent past the grace period it is failed and retried
-    with its γ (journal storages have no heartbeat). A missing driver or an unreachable server is one line."""
+    with its γ (journal storages have no heartbeat). A missing driver, an unknown dialect, an unreachable server,
+    refused credentials or a SQLite file that cannot be written is one line."""
     import optuna
     import sqlalchemy.exc
-    from optuna.storages.journal import JournalFileBackend
 
     if url.startswith("journal:"):
-        path = Path(url[len("journal:"):])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):  # SQLite cannot create the folder of its file
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return _journal(Path(url[len("journal:"):]))
+    _sqlite_ready(url)
     shown = mask_credentials(url)
     try:
         with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what a killed worker needs
@@ -79,9 +76,63 @@ def make_storage(url: str, heartbeat_interval: int, grace_period: int, retries: 
     except sqlalchemy.exc.ArgumentError as exc:
         raise ConfigError(f"tune.storage={shown} is not a database URL ({reason(exc)}); e.g. "
                           "postgresql+psycopg://user@host/db or sqlite:////abs/path.db") from None
-    except sqlalchemy.exc.OperationalError as exc:
-        raise StoreError(f"tune.storage={shown}: cannot open the database ({reason(exc)}); check the server, "
-                         f"the database name and the password (~/.pgpass, PGPASSWORD)") from None
+    except sqlalchemy.exc.DatabaseError as exc:
+        check = ("the file" if _sqlite_path(url) else
+                 "the server, the database name and the password (~/.pgpass, PGPASSWORD)")
+        raise StoreError(f"tune.storage={shown}: cannot open the database ({reason(exc)}); check {check}") from None
+
+
+_OPENED: set[str] = set()  # storages `check_storage` opened in this process
+
+
+def check_storage(url: str, heartbeat_interval: int, grace_period: int, retries: int) -> None:
+    """Open the storage as `make_storage` does and close it again: a bad storage is then one line before any
+    work (the config check of task=tune), not after an auto teacher trained. Once per process and URL, however
+    often a sweep's configs are checked."""
+    if url in _OPENED:
+        return
+    storage = make_storage(url, heartbeat_interval, grace_period, retries)
+    engine = getattr(storage, "engine", None)  # an RDBStorage's connection pool
+    if engine is not None:
+        engine.dispose()
+    _OPENED.add(url)
+
+
+def _journal(path: Path) -> Any:
+    """A JournalFileStorage at `path` (its folder made); a path that cannot be written is one line."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except OSError as exc:
+        raise StoreError(os_error_line(exc, "tune.journal=")) from None
+
+
+def _sqlite_path(url: str) -> Optional[Path]:
+    """The file of a `sqlite:///<path>` URL (None for other URLs and in-memory databases)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _sqlite_ready(url: str) -> None:
+    """SQLite cannot create its file's folder, gives a new file 0644 whatever the umask, and reports a folder it
+    cannot write as "unable to open database file": make the folder, create the file with the umask's mode (as
+    every file the tool writes, so colleagues sharing a store can join the study) and open it for writing, so
+    that a read-only store is one line naming the file and the setting to change. Opening takes no lock (the
+    database is not in use here yet)."""
+    path = _sqlite_path(url)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o666))  # the kernel applies the umask
+    except OSError as exc:
+        raise StoreError(f"tune.storage={mask_credentials(url)}: SQLite cannot write its database: "
+                         f"{os_error_line(exc, 'tune.storage= (or tune.journal=)')}") from None
 
 
 def driver_advice(url: str) -> str:

@@ -25,7 +25,7 @@ from oracle_kd.paths import PAPER_DIR
 from oracle_kd.store import record
 from oracle_kd.store.analysis import collect_analysis
 from oracle_kd.store.identity import content_hash
-from oracle_kd.store.io import atomic_write_bytes, figure_png, read_json, read_metrics
+from oracle_kd.store.io import atomic_write_bytes, atomic_write_figure, read_json, read_metrics
 from oracle_kd.tasks.registry import register_task
 
 log = logging.getLogger("oracle_kd")
@@ -112,8 +112,10 @@ def _read_record(folder: Path, problems: list[Problem]) -> tuple[dict[str, Any] 
         problems.append(Problem(str(folder), f"failed: {error}; fix the cause and relaunch to retry it"))
     elif rec is None:
         problems.append(Problem(str(folder), "unfinished run (no result.json): relaunch it to resume"))
-    elif (why := record.model_problem(folder, rec)) is not None:
-        problems.append(Problem(str(folder), f"{why}; its numbers are listed, relaunch the run to rebuild the file"))
+    elif (why := record.files_problem(folder, rec)) is not None:
+        problems.append(Problem(str(folder), f"damaged: {why}; not counted: relaunch the run to rebuild it from "
+                                "last.pt"))
+        return None, why
     return rec, problem
 
 
@@ -392,6 +394,18 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Write `fig` as a PNG through the atomic writer (a killed or failed write leaves no torn image, and an error
+    names the file), then close it: pyplot keeps every figure it made until then."""
+    import matplotlib.pyplot as plt
+
+    try:
+        atomic_write_figure(path, fig)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def _plot_fig5(fig5: pd.DataFrame, path: Path, metric: str) -> None:
     import matplotlib
 
@@ -416,8 +430,7 @@ def _plot_fig5(fig5: pd.DataFrame, path: Path, metric: str) -> None:
         axes[0][-1].legend(fontsize=8)
         fig.suptitle(f"Figure 5 pairs — {dataset}")
         fig.tight_layout()
-        fig.savefig(path.with_name(f"{path.stem}_{dataset}.png"), dpi=110)
-        plt.close(fig)
+        _save(fig, path.with_name(f"{path.stem}_{dataset}.png"))
 
 
 def _plot_gamma(grid: pd.DataFrame, path: Path, metric: str) -> None:
@@ -437,8 +450,7 @@ def _plot_gamma(grid: pd.DataFrame, path: Path, metric: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def learning_curves(df: pd.DataFrame) -> pd.DataFrame:
@@ -479,10 +491,7 @@ def _plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out / f"learning_curves_{dataset}.png"
-        atomic_write_bytes(path, figure_png(fig))
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"learning_curves_{dataset}.png"))
     return paths
 
 

@@ -91,6 +91,12 @@ class TuneConfig:
                 self.grace_period, f"must exceed tune.heartbeat_interval={self.heartbeat_interval} (or be null)")
         require(self.retries >= 0, "tune.retries", self.retries, "must be >= 0")
 
+    def check(self, rc: RunConfig) -> None:
+        """For task=tune, when the config is checked: the study's storage opens (its driver and dialect, the
+        server and the credentials, or a SQLite file that can be written), so a bad one is one line before an
+        auto teacher trains for hours, not after."""
+        study_storage.check_storage(storage_url(rc), *storage_options(rc))
+
 
 # ----------------------------------------------------------------------------- study identity and storage
 def study_settings(rc: RunConfig, identity: dict[str, Any]) -> dict[str, Any]:
@@ -126,10 +132,14 @@ def storage_url(rc: RunConfig) -> str:
     return study_storage.storage_url(rc.store, rc.tune.storage, rc.tune.journal)
 
 
-def make_storage(rc: RunConfig) -> Any:
+def storage_options(rc: RunConfig) -> tuple[int, int, int]:
+    """(heartbeat interval, grace period, retries) of a URL storage."""
     t = rc.tune
-    return study_storage.make_storage(storage_url(rc), t.heartbeat_interval, t.grace_period or 2 * t.heartbeat_interval,
-                                      t.retries)
+    return t.heartbeat_interval, t.grace_period or 2 * t.heartbeat_interval, t.retries
+
+
+def make_storage(rc: RunConfig) -> Any:
+    return study_storage.make_storage(storage_url(rc), *storage_options(rc))
 
 
 def sampler_seed(seed: int, worker: int, n_existing: int) -> int:

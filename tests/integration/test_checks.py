@@ -1,5 +1,6 @@
-"""A teacher, student and method that cannot train together are refused in one line when the config is
-validated: before the dataset is read, before an auto teacher trains, and leaving no run folder."""
+"""What the config alone can tell is refused in one line when it is validated: before the dataset is read,
+before an auto teacher trains, and leaving nothing in the store. A teacher, student and method that cannot
+train together; a training subset smaller than the class count; a tuning storage that does not open."""
 
 from __future__ import annotations
 
@@ -22,17 +23,27 @@ CASES = {
                             "the chimeric samples are labelled by a teacher; method ce has none"),
     "chimeric-folder-set": (["method=kd", "dataset=tiny_imagenet", "train.chimeric_epochs=1",
                              "train.chimeric_size=50"], "needs a dataset held in memory (digits, CIFAR)"),
+    "train-size-below-classes": (["method=kd", "dataset.train_size=9"],
+                                 "dataset.train_size=9 is fewer samples than the 10 classes of digits"),
+    "tune-storage-no-driver": (["task=tune", "tune.storage=postgresql+pg8000://kd@127.0.0.1:1/optuna"],
+                               "tune.storage=postgresql+pg8000://kd@127.0.0.1:1/optuna: its database driver is not "
+                               "installed"),
+    "tune-storage-no-server": (["task=tune", "tune.storage=postgresql+psycopg://kd@127.0.0.1:1/optuna"],
+                               "cannot open the database"),  # nothing listens on port 1
+    "tune-storage-not-a-url": (["task=tune", "tune.storage=optuna.db"], "tune.storage=optuna.db is not a database URL"),
+    "tune-journal-under-a-file": (["task=tune", "tune.journal=/dev/null/study.log"],
+                                  "cannot use '/dev/null': it exists and is not a folder; choose another tune.journal="),
 }
 
 
 @pytest.mark.parametrize("argv, line", CASES.values(), ids=CASES)
-def test_an_impossible_pairing_is_one_line_before_any_teacher_trains(tmp_path, capsys, argv, line):
+def test_a_config_error_is_one_line_before_any_teacher_trains(tmp_path, capsys, argv, line):
     store = tmp_path / "runs"
     # dataset.root points nowhere: the check must come before the data is read
     assert main([*TINY_RUN, f"store={store}", f"dataset.root={tmp_path}/nowhere", *argv]) != 0
     err = capsys.readouterr().err
     assert line in err and len(err.strip().splitlines()) == 1, err
-    assert not [p for p in store.glob("*") if p.name != ".hydra"]  # nothing trained, no run folder
+    assert not store.exists()  # nothing trained, no run folder (Hydra's own folders are outside the store)
 
 
 def test_in_a_sweep_the_impossible_job_fails_alone_before_training_and_the_others_go_on(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Cohort training: runs that share a batch stream and a teacher train together, and each ends with
 exactly the records of its solo run (bit-identical on CPU fp32: the shared teacher outputs are the same
-ops on the same tensors), also when stopped, relaunched, or resumed from different epochs."""
+ops on the same tensors; last.pt too, each run's own RNG state included), also when stopped, relaunched, or
+resumed from different epochs."""
 
 from __future__ import annotations
 
@@ -43,8 +44,37 @@ def same_as_solo(store: Path, solo: dict) -> bool:
     return bool(snap) and snap == {k: solo[k] for k in snap}
 
 
-def snapshot(store: Path) -> dict[str, tuple[str, list[dict], float, float]]:
-    """Per run folder: model.pt's hash, the metrics rows without their times, best and last top-1."""
+TIMES = ("wall_time_s", "train_time_s", "cohort_time_s", "epoch_time_s")  # the clock's: differ run to run
+
+
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 over everything last.pt holds but the clock's readings: weights, optimizer and method state, the
+    run's RNG (torch, numpy, Python), schedule, progress and metrics rows, each tensor by its bytes."""
+    h = hashlib.sha256()
+
+    def feed(value) -> None:
+        if isinstance(value, torch.Tensor):
+            h.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if key not in TIMES:
+                    h.update(f"K{key!r}".encode())
+                    feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            h.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            h.update(f"V{value!r}".encode())
+
+    feed(torch.load(path, weights_only=True))
+    return h.hexdigest()
+
+
+def snapshot(store: Path) -> dict[str, tuple[str, str, list[dict], float, float]]:
+    """Per run folder: model.pt's hash, last.pt's digest (RNG included, times left out), the metrics rows without
+    their times, best and last top-1."""
     out = {}
     for res in sorted(store.rglob("result.json")):
         folder = res.parent
@@ -52,7 +82,8 @@ def snapshot(store: Path) -> dict[str, tuple[str, list[dict], float, float]]:
         for r in rows:
             r.pop("epoch_time_s")
         rec = json.loads(res.read_text())
-        out[str(folder.relative_to(store))] = (hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest(), rows,
+        out[str(folder.relative_to(store))] = (hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest(),
+                                               checkpoint_digest(folder / "last.pt"), rows,
                                                rec["best_top1"], rec["last_top1"])
     return out
 
@@ -133,6 +164,16 @@ def test_sweep_progress_counts_runs_and_estimates_the_rest(tmp_path):
     assert (progress.total, progress.finished, progress.resumed) == (3, 0, 0)
     assert progress.cohort_done([0], 10.0) == "sweep: 1/3 runs done, 2 left, ETA 0m20s (10 s per run measured)"
     assert progress.cohort_done([1, 2], 20.0) == "sweep: 3/3 runs done, 0 left"
+
+
+def test_sweep_progress_counts_failed_runs_apart_from_done_ones(tmp_path):
+    from oracle_kd.cli import compose
+    from oracle_kd.launch import SweepProgress
+
+    progress = SweepProgress([compose([f"store={tmp_path}", "method=ce", f"seed={s}"]) for s in range(5)])
+    assert progress.cohort_done([0, 1], 20.0, failed=1) == ("sweep: 1/5 runs done, 1 failed, 3 left, ETA 0m30s "
+                                                            "(10 s per run measured)")  # a failed run took time too
+    assert progress.cohort_done([2, 3, 4], 30.0) == "sweep: 4/5 runs done, 1 failed, 0 left"
 
 
 def test_plan_shows_the_teachers_then_one_cohort_per_teacher(tmp_path, capsys):

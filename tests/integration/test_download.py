@@ -229,6 +229,18 @@ def test_network_failures_name_the_url(server, tmp_path, monkeypatch):
     assert "timed out" in str(err.value) and _leftovers(tmp_path) == []
 
 
+def test_a_mirror_that_is_not_a_url_is_one_line_naming_the_setting(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(download.MIRROR_ENV, "mirrors/cifar")  # no scheme: urllib cannot even build the request
+    code = main([f"store={tmp_path}/runs", "dataset=cifar10", f"dataset.root={tmp_path}/data", "dataset.download=true",
+                 "method=ce", "student=resnet8", "train.epochs=1", "progress=false", "hardware=cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"error: {download.MIRROR_ENV}='mirrors/cifar' is not a base URL (ValueError: unknown url "
+                          "type: 'mirrors/cifar/cifar-10-python.tar.gz'): set it to one such as https://"), err
+    assert server.transfers == {} and _leftovers(tmp_path / "data") == []
+    assert not list((tmp_path / "runs").rglob("result.json"))
+
+
 def test_parallel_jobs_fetch_once(server, tmp_path):
     """Jobs of a sweep (or DDP ranks) asking at once: one transfer, the others wait on the lock and skip."""
     errors: list[BaseException] = []

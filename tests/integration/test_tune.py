@@ -1,11 +1,13 @@
-"""The γ tuner: a relaunch continues its study, two processes share a JournalFileStorage, the short
-student objective reports per-epoch values; digits with a tiny teacher (shared with test_analysis.py)."""
+"""The γ tuner: a relaunch continues its study, its SQLite file follows the umask, two processes share a
+JournalFileStorage, the short student objective reports per-epoch values; digits with a tiny teacher (shared with
+test_analysis.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -51,6 +53,19 @@ def test_relaunch_continues_the_study(store, tmp_path, capsys):
     assert summary["n_trials"] == 8 and summary["best_gamma"] == best.params["gamma"]
     assert len((folder / "trials.csv").read_text().splitlines()) == 9
     assert (folder / "score_vs_gamma.png").stat().st_size > 1000
+
+
+def test_the_study_database_gets_the_umask_mode(store, tmp_path):
+    """SQLite makes a new file 0644 whatever the umask; the study's database is written like every other file
+    (0o666 & ~umask), so colleagues sharing a store can add trials to it."""
+    db = tmp_path / "shared" / "optuna.db"
+    umask = os.umask(0o002)
+    try:
+        assert main([f"store={store}", *BASE, "task=tune", "tune.n_trials=1", f"tune.storage=sqlite:///{db}"]) == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(db.stat().st_mode) == 0o664 and stat.S_IMODE(db.parent.stat().st_mode) == 0o775
+    assert len(only_study(f"sqlite:///{db}").trials) == 1
 
 
 def test_two_workers_share_a_journal(store, tmp_path):

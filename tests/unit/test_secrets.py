@@ -51,6 +51,7 @@ def test_arguments_without_a_typed_password_are_kept(arg, monkeypatch):
 def test_a_run_config_records_no_password():
     from oracle_kd.cli import compose
 
-    rc: RunConfig = compose(["task=tune", "tune.storage=postgresql://kd:hunter2@db/optuna"])
+    # not task=tune: that opens the storage when the config is checked, and there is no server `db` here
+    rc: RunConfig = compose(["task=tables", "tune.storage=postgresql://kd:hunter2@db/optuna"])
     assert rc.tune.storage.endswith("kd:hunter2@db/optuna")  # what the storage connects with
     assert rc.as_dict()["tune"]["storage"] == "postgresql://kd:***@db/optuna"  # what config.json records

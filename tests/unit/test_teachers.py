@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -43,9 +44,17 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"model": Evil()}, f, protocol=2)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="weights_only=True") as err:
         read_state_dict(path)
     assert not marker.exists()
+    assert_names_the_refused_global(str(err.value), f"{os.system.__module__}.system")  # a module torch blocks
+
+
+def assert_names_the_refused_global(line: str, name: str) -> None:
+    """The line says which global was refused and why, never torch's advice to load with weights_only=False."""
+    assert "\n" not in line and "\x1b" not in line, line
+    assert f"it needs the global {name}, and checkpoints are read with weights_only=True" in line, line
+    assert "could run code" in line and "weights_only=False" not in line and "will likely succeed" not in line, line
 
 
 def test_wrong_architecture_names_the_mismatch(tmp_path):
@@ -102,5 +111,19 @@ def test_other_globals_stay_refused(tmp_path):
 
     path = tmp_path / "odd.pth"
     torch.save({"model": build_model("resnet8", 10, 3).state_dict(), "extra": Counter(a=1), "f": Fraction(1, 3)}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="weights_only=True") as err:
         read_state_dict(path)
+    assert_names_the_refused_global(str(err.value), "fractions.Fraction")
+
+
+def test_a_torchscript_file_is_refused_with_the_reason_and_without_torch_advice(tmp_path):
+    path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():  # torch deprecates TorchScript (and says so on load); such files still circulate
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
+        with pytest.raises(CheckpointError) as err:
+            read_state_dict(path)
+    line = str(err.value)
+    assert line.startswith(f"cannot read checkpoint {str(path)!r} with weights_only=True: RuntimeError: Cannot use "
+                           "``weights_only=True`` with TorchScript archives"), line
+    assert "\n" not in line and "weights_only` set to `False`" not in line and "will likely succeed" not in line, line
