@@ -18,9 +18,11 @@ import importlib.util
 import json
 import logging
 import math
+import socket
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -40,7 +42,9 @@ PRECISIONS = ("fp32", "bf16", "fp64")
 STEMS = ("auto", "imagenet", "cifar")
 AUTO_RECIPE_PREFIX = "for_"  # conf/train/for_<dataset>.yaml: the recipe used when no train= is given
 OPTIMIZERS = ("sgd", "dot")
-LOGGERS = ("none", "tensorboard")  # per-epoch curves of each run: <run folder>/tb/ (engine/curves.py)
+LOGGERS = ("none", "tensorboard", "wandb", "mlflow")  # each run's rows, config and result (engine/loggers.py)
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # what each needs installed
+MLFLOW_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")  # logger_uri
 log = logging.getLogger("oracle_kd")
 
 
@@ -147,7 +151,9 @@ class BaseConfig:
     results_dir: str = "results"
     progress: bool = True
     stop_after_epoch: Optional[int] = None
-    logger: str = "none"  # none | tensorboard: each run's curves and hparams in <run folder>/tb/
+    logger: str = "none"  # none | tensorboard | wandb | mlflow: each run's rows, config and result (engine/loggers.py)
+    logger_uri: Optional[str] = None  # logger=mlflow: a tracking URI or a folder (null: <store>/mlruns/)
+    logger_project: str = "oracle-kd"  # the W&B project, the MLflow experiment
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -173,6 +179,8 @@ class RunConfig:
     progress: bool = True
     stop_after_epoch: Optional[int] = None
     logger: str = "none"
+    logger_uri: Optional[str] = None
+    logger_project: str = "oracle-kd"
     task: str = "train"
     sections: dict[str, Any] = field(default_factory=dict)
 
@@ -327,12 +335,17 @@ def validate(cfg: DictConfig) -> RunConfig:
     check_finite(method, "method")
     method.validate()
     method = method.for_pair(cfg.teacher.arch, cfg.student.arch)
+    if cfg.dataset.name in available_datasets():
+        method, line = method.for_input(dataset_shape(cfg.dataset.name).image_size)
+        if line is not None:
+            _say_once(line)
 
     rc = RunConfig(
         dataset=OmegaConf.to_object(cfg.dataset), teacher=OmegaConf.to_object(cfg.teacher),
         student=OmegaConf.to_object(cfg.student), method=method, train=OmegaConf.to_object(cfg.train),
         hardware=OmegaConf.to_object(cfg.hardware), seed=cfg.seed, store=cfg.store, results_dir=cfg.results_dir,
         progress=cfg.progress, stop_after_epoch=cfg.stop_after_epoch, logger=cfg.logger, task=cfg.task,
+        logger_uri=cfg.logger_uri, logger_project=cfg.logger_project,
         sections={name: OmegaConf.to_object(cfg[name]) for name in _SECTIONS},
     )
     for name in ("dataset", "teacher", "student", "train", "hardware"):
@@ -358,9 +371,7 @@ def validate(cfg: DictConfig) -> RunConfig:
                 f"steps distillation terms apart from CE; method {rc.method.name} has none")
     if rc.hardware.ddp:
         check_ddp(rc)
-    choice("logger", rc.logger, LOGGERS)
-    require(rc.logger != "tensorboard" or importlib.util.find_spec("tensorboard") is not None, "logger", rc.logger,
-            "needs the tensorboard package: pip install oracle-kd[tensorboard]")
+    check_logger(rc)
     choice("hardware.device", rc.hardware.device, DEVICES)
     choice("hardware.precision", rc.hardware.precision, PRECISIONS)
     require(rc.hardware.precision != "fp64" or rc.task != "bench", "hardware.precision", rc.hardware.precision,
@@ -378,6 +389,44 @@ def validate(cfg: DictConfig) -> RunConfig:
     if hasattr(task_section, "check"):  # what the running task needs of the whole config (task=tune: its storage)
         task_section.check(rc)
     return rc
+
+
+def check_logger(rc: RunConfig) -> None:
+    """The logger, before anything trains: a known one, its package installed, and for MLflow a tracking URI
+    that parses and, for a server, accepts a connection (MLflow's client retries a dead server for minutes)."""
+    choice("logger", rc.logger, LOGGERS)
+    package = LOGGER_PACKAGES.get(rc.logger)
+    require(package is None or importlib.util.find_spec(package) is not None, "logger", rc.logger,
+            f"needs the {package} package: pip install oracle-kd[{rc.logger}]")
+    require(bool(rc.logger_project), "logger_project", rc.logger_project, "must not be empty")
+    if rc.logger == "mlflow" and rc.logger_uri:
+        check_tracking_uri(rc.logger_uri)
+
+
+def tracking_scheme(uri: str) -> str | None:
+    """The scheme of an MLflow tracking URI without its driver (`postgresql+psycopg` -> `postgresql`); None for a
+    folder (`logger_uri=/shared/mlruns`: a SQLite store made there)."""
+    if ":" not in uri and uri != "databricks":
+        return None
+    return uri.partition(":")[0].partition("+")[0].lower()
+
+
+def check_tracking_uri(uri: str) -> None:
+    scheme = tracking_scheme(uri)
+    if scheme is None:
+        return
+    shown = mask_credentials(uri)
+    if scheme not in MLFLOW_SCHEMES:
+        raise ConfigError(f"logger_uri={shown!r} is neither a folder nor a tracking URI with a scheme of: "
+                          f"{', '.join(MLFLOW_SCHEMES)}")
+    if scheme not in ("http", "https"):
+        return
+    try:
+        parts = urlsplit(uri)
+        address = (parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
+        socket.create_connection(address, timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"logger_uri={shown!r}: no MLflow tracking server answers there ({reason(exc)})") from None
 
 
 def check_train_size(d: DatasetConfig) -> DatasetConfig:

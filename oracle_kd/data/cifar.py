@@ -129,8 +129,8 @@ def _folder(root: str | Path, sub: str, archive: str, files: list[str]) -> Path:
     """The extracted folder, or a one-line DatasetError saying what is missing, where, and how to get it."""
     root = Path(root).expanduser().resolve()
     folder = root / sub
-    how = (f"download and extract {archive} from the dataset authors' page ({CIFAR_URL}) into {root}, "
-           f"or set dataset.root=<the folder that contains {sub}/>")
+    how = (f"dataset.download=true fetches it (or download and extract {archive} from the dataset authors' page "
+           f"({CIFAR_URL}) into {root} yourself), or set dataset.root=<the folder that contains {sub}/>")
     if not folder.is_dir():
         hint = f" ({archive} is there but not extracted)" if (root / archive).is_file() else ""
         raise DatasetError(f"CIFAR folder {sub}/ not found at {folder}{hint}: {how}")

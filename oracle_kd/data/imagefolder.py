@@ -67,8 +67,8 @@ def load_tiny_imagenet(root: str | Path, *, seed: int = 0, test_fraction: float 
     """Tiny-ImageNet-200 as extracted from the official zip, read in place: classes in wnids.txt order,
     train from train/<wnid>/images/, test = the labelled val/ split (labels from val_annotations.txt;
     the unlabelled test/ is ignored). seed/test_fraction do not apply (official split)."""
-    how = (f"download and extract {TINY_URL} into the dataset root, or set dataset.root=<the folder that "
-           f"contains {TINY_DIR}/>")
+    how = (f"dataset.download=true fetches it (or download and extract {TINY_URL} into the dataset root "
+           f"yourself), or set dataset.root=<the folder that contains {TINY_DIR}/>")
     folder = _root_folder(root, TINY_DIR, "tiny-imagenet-200.zip", how)
     how = f"re-extract {TINY_URL} (the folder is read as the zip lays it out)"
     wnids_path = folder / "wnids.txt"

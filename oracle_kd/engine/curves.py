@@ -21,49 +21,97 @@ of at most `epochs` rows per launch, milliseconds. Replayed points get wall time
 `epoch_time_s` and ending at the replay, so TensorBoard's relative axis still reads as training time.
 Each `log` is flushed: a kill loses nothing the checkpoint has, and a live TensorBoard sees every epoch.
 
-`open_curves(kind, ...)` returns a no-op `Curves` when logging is off or in a non-main process, so the
-trainer makes the same three calls either way. Asking for TensorBoard without the package installed is a
-one-line ConfigError on every process (so DDP ranks stop together).
+`Curves` is the interface every logger implements (`engine/loggers.py` holds the others, the registry by
+name and `open_curves`); logging off, or a non-main process, gets a no-op `Curves`, so the trainer makes the
+same three calls either way. Asking for TensorBoard without the package installed is a one-line ConfigError
+on every process (so DDP ranks stop together).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oracle_kd.config import LOGGER_PACKAGES
 from oracle_kd.errors import ConfigError
 
-LOGGERS = ("none", "tensorboard")
 TB_DIR = "tb"  # inside the run folder
 STEP_KEY = "epoch"
 HPARAM_METRICS = ("test_top1", "test_top5", "test_loss", "train_top1", "train_loss")  # shown by the HParams dashboard
-MISSING = "logger=tensorboard needs the tensorboard package: pip install oracle-kd[tensorboard]"
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """What a logger is told about the run it logs: its folder, the rows last.pt kept, its semantic config, and
+    what the loggers that keep their own record of the run need (its run_id, a readable name, its total epochs:
+    a row at the last one means the run finished, the store, `logger_uri`, `logger_project`)."""
+
+    folder: Path
+    rows: list[dict[str, Any]]
+    config: dict[str, Any]
+    run_id: str = ""
+    name: str = ""
+    epochs: int = 0
+    store: str = "runs"
+    uri: str | None = None
+    project: str = "oracle-kd"
+
+
+def missing(kind: str) -> str:
+    """The one line for a logger whose package is not installed, with the extra that installs it."""
+    package = LOGGER_PACKAGES[kind]
+    return f"logger={kind} needs the {package} package: pip install oracle-kd[{kind}]"
 
 
 class Curves:
-    """Logging off: every call does nothing. The interface the trainer uses."""
+    """Logging off: every call does nothing. The interface the trainer uses and every logger implements."""
+
+    name = "none"  # the `logger` value that picks it (`loggers.LOGGERS`)
+
+    @classmethod
+    def require(cls) -> None:
+        """Import what the logger needs, or raise its one-line ConfigError; called on every DDP process."""
+        package = LOGGER_PACKAGES.get(cls.name)
+        if package is not None:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise ConfigError(missing(cls.name)) from None
+
+    @classmethod
+    def open(cls, run: LoggedRun) -> "Curves":
+        """The run's logger, on the main process, once its rows are known (at resume)."""
+        return cls()
 
     def log(self, row: dict[str, Any]) -> None:
         """One metrics row (an epoch)."""
 
     def close(self) -> None:
-        """Flush and release the event file (idempotent)."""
+        """Flush and release the logger (idempotent)."""
 
 
-def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
-    """A nested config as dotted keys, scalar values only (None, lists and non-finite floats are dropped:
-    the HParams plugin takes bool, number or string; torch writes a bool as 1/0)."""
-    out: dict[str, bool | int | float | str] = {}
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys to its leaves (lists and None included)."""
+    out: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(flat_hparams(value, f"{name}."))
-        elif isinstance(value, (bool, int, str)) or (isinstance(value, float) and math.isfinite(value)):
+            out.update(flatten(value, f"{name}."))
+        else:
             out[name] = value
     return out
+
+
+def flat_hparams(config: dict[str, Any]) -> dict[str, bool | int | float | str]:
+    """A nested config as dotted keys, scalar values only (None, lists and non-finite floats are dropped:
+    the HParams plugin takes bool, number or string; torch writes a bool as 1/0)."""
+    return {k: v for k, v in flatten(config).items()
+            if isinstance(v, (bool, int, str)) or (isinstance(v, float) and math.isfinite(v))}
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
@@ -77,12 +125,22 @@ def summary_writer() -> type:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch raises it when the tensorboard package is missing (or too old)
-        raise ConfigError(MISSING) from None
+        raise ConfigError(missing("tensorboard")) from None
     return SummaryWriter
 
 
 class TensorBoardCurves(Curves):
     """One run's event file in `<folder>/tb/`, rewritten from `rows` (see the module docstring)."""
+
+    name = "tensorboard"
+
+    @classmethod
+    def require(cls) -> None:
+        summary_writer()
+
+    @classmethod
+    def open(cls, run: LoggedRun) -> "TensorBoardCurves":
+        return cls(run.folder, run.rows, run.config)
 
     def __init__(self, folder: str | Path, rows: list[dict[str, Any]], hparams: dict[str, Any]) -> None:
         writer_cls = summary_writer()
@@ -122,19 +180,4 @@ class TensorBoardCurves(Curves):
             self.writer = None
 
 
-def open_curves(kind: str, folder: str | Path, rows: list[dict[str, Any]], hparams: dict[str, Any],
-                main: bool = True) -> Curves:
-    """The run's curves: `kind` is the `logger` setting; only the main process writes (`main`), but every
-    process checks that the backend is installed. `rows` are the metrics rows kept by the checkpoint
-    (empty for a fresh run) and `hparams` the run's semantic config."""
-    if kind == "none":
-        return Curves()
-    if kind != "tensorboard":
-        raise ConfigError(f"logger={kind!r} is not one of: {', '.join(LOGGERS)}")
-    if not main:
-        summary_writer()
-        return Curves()
-    return TensorBoardCurves(folder, rows, hparams)
-
-
-__all__ = ["Curves", "LOGGERS", "TB_DIR", "TensorBoardCurves", "flat_hparams", "open_curves"]
+__all__ = ["Curves", "LoggedRun", "TB_DIR", "TensorBoardCurves", "flat_hparams", "flatten", "missing", "scalars"]

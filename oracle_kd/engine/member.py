@@ -17,8 +17,9 @@ from oracle_kd.core.needs import Phase
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.engine import distributed
-from oracle_kd.engine.curves import Curves, open_curves
+from oracle_kd.engine.curves import Curves
 from oracle_kd.engine.hardware import in_run_dtype, prepare_model
+from oracle_kd.engine.loggers import open_curves
 from oracle_kd.engine.state import TrainState, load_checkpoint, own_rng, rng_state, save_checkpoint, seed_everything
 from oracle_kd.engine.step import ForwardTrain, lr_at, make_optimizer, set_lr, train_step
 from oracle_kd.engine.stream import Stream
@@ -101,7 +102,7 @@ class Member:
     last_eval: dict[str, float] = field(default_factory=dict)
     stopped: bool = False
     failed: str | None = None
-    curves: Curves = field(default_factory=Curves)  # logger=tensorboard: <folder>/tb/, opened by resume
+    curves: Curves = field(default_factory=Curves)  # the `logger` (engine/loggers.py), opened by resume
     phases: list[Phase] = field(default_factory=list)  # after the main epochs, in order (`core.needs`)
     rebuilding: dict[str, str] = field(default_factory=dict)  # damaged file -> its recorded SHA-256 ("" if none)
     rng: dict[str, Any] | None = None  # this run's RNG state: its steps run on it (`state.own_rng`), last.pt keeps it
@@ -199,7 +200,9 @@ class Member:
         if stop is not None and stop <= self.state.epoch < epochs:  # relaunched with the same stop: stop at once
             self.stopped = True
             log.info("run %s is already past stop_after_epoch=%d (epoch %d): not training", rid, stop, self.state.epoch)
-        self.curves = open_curves(self.rc.logger, folder, self.rows, self.job.semantic, main=self.main)
+        self.curves = open_curves(self.rc.logger, folder, self.rows, self.job.semantic, main=self.main, run_id=rid,
+                                  name=f"{self.label} s{self.rc.seed}", epochs=epochs, store=self.rc.store,
+                                  uri=self.rc.logger_uri, project=self.rc.logger_project)
         return True
 
     def settle_rebuild(self) -> None:

@@ -24,7 +24,10 @@ from oracle_kd.methods.registry import register_method
 
 @dataclass
 class ATConfig(MethodConfig):
-    """L = ce_weight·CE + beta·Σ_stages mean((a(f_s) − a(f_t))²), a = attention map with exponent p."""
+    """L = ce_weight·CE + beta·Σ_stages mean((a(f_s) − a(f_t))²), a = attention map with exponent p. The mean over
+    positions of unit-norm maps goes as 1/P: beta is rescaled on inputs under 32 px (`for_input`)."""
+
+    SIZE_SCALED = {"beta": 1}
 
     name: str = "at"
     beta: float = 1000.0

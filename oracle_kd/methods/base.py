@@ -28,11 +28,20 @@ class MethodConfig:
     `ce_weight_by_teacher` (teacher arch → ce_weight) lets one sweep preset follow the released Oracle
     runs, whose CE weight depended on the teacher. It is resolved into `ce_weight` before a run starts."""
 
+    # Weights whose term's size follows the number of map positions P, and how: +1 for a term averaged over
+    # unit-norm maps (it goes as 1/P: AT, SAD), −1 for one summed over positions (it goes as P: OFD). Their defaults
+    # are tuned at REFERENCE_SIZE (CIFAR's 32 px); `for_input` rescales them for smaller inputs.
+    SIZE_SCALED: ClassVar[dict[str, int]] = {}
+    REFERENCE_SIZE: ClassVar[int] = 32
+
     name: str = "ce"
     ce_weight: float = 1.0
     # The composed config holds an empty table, not None: Hydra cannot merge `method.ce_weight_by_teacher={...}`
     # into a None node. An empty table is None again once built (`__post_init__`), so run_ids do not change.
     ce_weight_by_teacher: Optional[dict[str, float]] = dataclasses.field(default_factory=dict)
+    # False: keep the SIZE_SCALED weights as given on inputs smaller than REFERENCE_SIZE. Not part of a run's
+    # identity: the weight a run uses is (`for_input` resolves it).
+    size_scaled: bool = dataclasses.field(default=True, metadata={"identity": False})
 
     def __post_init__(self) -> None:
         empty_tables_to_none(self)
@@ -50,6 +59,24 @@ class MethodConfig:
             return self
         weight = self.ce_weight_by_teacher.get(arch, self.ce_weight)
         return dataclasses.replace(self, ce_weight=weight, ce_weight_by_teacher=None)
+
+    def for_input(self, image_size: int) -> tuple["MethodConfig", str | None]:
+        """This config at an input of `image_size` px, and the line that says what changed (None: nothing).
+
+        The rule: a term averaged over unit-norm maps of P positions goes as 1/P at the same misalignment, one
+        summed over them as P, so on inputs smaller than REFERENCE_SIZE each SIZE_SCALED weight is multiplied by
+        r^k, r = (image_size / REFERENCE_SIZE)² (the ratio of every stage's P), to keep the term's weight beside
+        CE what it is at 32 px. Inputs of 32 px and more keep the published weights: the references use them
+        unchanged on ImageNet too, and results must compare with theirs."""
+        if not self.SIZE_SCALED or not self.size_scaled or image_size >= self.REFERENCE_SIZE:
+            return self, None
+        ratio = (image_size / self.REFERENCE_SIZE) ** 2
+        scaled = {key: getattr(self, key) * ratio ** k for key, k in self.SIZE_SCALED.items()}
+        said = ", ".join(f"method.{key}={getattr(self, key):g} -> {value:g}" for key, value in scaled.items())
+        return dataclasses.replace(self, **scaled), (
+            f"{self.name} at {image_size} px: {said} ((maps of {image_size}/{self.REFERENCE_SIZE} px) squared, raised "
+            f"to the term's order), so the term weighs beside CE what it does at {self.REFERENCE_SIZE} px; "
+            f"method.size_scaled=false keeps the values as given")
 
     def for_pair(self, teacher: str, student: str) -> "MethodConfig":
         """This config with every per-teacher or per-pair table resolved for one run (a method with a

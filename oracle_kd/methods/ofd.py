@@ -49,7 +49,10 @@ CDF_FLOOR = 0.001  # below this share of negative values the margin is −3|γ| 
 
 @dataclass
 class OFDConfig(MethodConfig):
-    """mdistiller's CIFAR defaults: CE 1, feature weight 1e-3 (its ImageNet config uses 1e-4), 1×1 connectors."""
+    """mdistiller's CIFAR defaults: CE 1, feature weight 1e-3 (its ImageNet config uses 1e-4), 1×1 connectors. The
+    distance is summed over positions (it goes as P): the weight is rescaled on inputs under 32 px."""
+
+    SIZE_SCALED = {"weight": -1}
 
     name: str = "ofd"
     weight: float = 1e-3

@@ -26,7 +26,10 @@ HALVED_BLOCK_COUNT = 54  # resnet110: the reference distils every second block (
 
 @dataclass
 class SADConfig(KDConfig):
-    """L = ce_weight·CE + alpha·KD(τ) + beta·SAD; the released CIFAR-100 defaults α 0.9, τ 4, β 200, d 128."""
+    """L = ce_weight·CE + alpha·KD(τ) + beta·SAD; the released CIFAR-100 defaults α 0.9, τ 4, β 200, d 128. SAD's
+    value is a mean over positions of unit-norm maps (1/P): beta is rescaled on inputs under 32 px."""
+
+    SIZE_SCALED = {"beta": 1}
 
     name: str = "sad"
     alpha: float = 0.9

@@ -46,9 +46,10 @@ def test_bad_values_are_one_line(capsys, tmp_path, argv, expected):
     assert expected in error_line(capsys, [*TINY, *argv], tmp_path)
 
 
-def test_missing_dataset_dir_is_one_line(capsys, tmp_path):
-    line = error_line(capsys, [*TINY, "dataset=cifar100", f"dataset.root={tmp_path}/nowhere"], tmp_path)
-    assert "cifar-100-python" in line and str(tmp_path / "nowhere") in line
+@pytest.mark.parametrize("dataset, folder", [("cifar100", "cifar-100-python"), ("tiny_imagenet", "tiny-imagenet-200")])
+def test_missing_dataset_dir_is_one_line_pointing_at_the_download(capsys, tmp_path, dataset, folder):
+    line = error_line(capsys, [*TINY, f"dataset={dataset}", f"dataset.root={tmp_path}/nowhere"], tmp_path)
+    assert folder in line and str(tmp_path / "nowhere") in line and "dataset.download=true fetches it" in line
 
 
 def test_mismatched_teacher_checkpoint_is_one_line(capsys, tmp_path):

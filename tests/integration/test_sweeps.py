@@ -79,6 +79,7 @@ def test_aggregator_tables_from_the_sweep(tiny_sweep):
     fig5 = pd.read_csv(out / "fig5_pairs.csv")
     assert len(fig5) == 4 and set(fig5["n_seeds"]) == {2}
     assert {"best_top1_mean", "best_top1_std", "paper_top1", "diff"} <= set(fig5.columns)
+    assert set(fig5["recipe"]) == {"quick · 1 ep"} and fig5["variant"].isna().all()  # one variant a method: none shown
     for row in fig5.itertuples():
         vals = runs[(runs.method == row.method) & (runs.teacher == row.teacher) & (runs.student == row.student)]["best_top1"]
         assert row.best_top1_mean == pytest.approx(vals.mean(), abs=1e-4)

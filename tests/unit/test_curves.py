@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader  # noqa: E402
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData  # noqa: E402
 
-from oracle_kd.engine.curves import TB_DIR, Curves, TensorBoardCurves, flat_hparams, open_curves  # noqa: E402
+from oracle_kd.engine.curves import TB_DIR, Curves, TensorBoardCurves, flat_hparams  # noqa: E402
+from oracle_kd.engine.loggers import open_curves  # noqa: E402
 from oracle_kd.errors import ConfigError  # noqa: E402
 
 SEMANTIC = {"dataset": {"name": "digits", "crop_pad": 4, "flip": True, "test_fraction": 0.25}, "student": "resnet20",
@@ -178,8 +179,8 @@ def test_missing_tensorboard_is_one_config_line_on_every_process(tmp_path: Path,
             open_curves("tensorboard", tmp_path, [], SEMANTIC, main=main)
         assert str(info.value) == "logger=tensorboard needs the tensorboard package: pip install oracle-kd[tensorboard]"
     assert type(open_curves("none", tmp_path, [], SEMANTIC)) is Curves
-    with pytest.raises(ConfigError, match="is not one of: none, tensorboard"):
-        open_curves("wandb", tmp_path, [], SEMANTIC)
+    with pytest.raises(ConfigError, match="is not one of: none, tensorboard, wandb, mlflow"):
+        open_curves("neptune", tmp_path, [], SEMANTIC)
     assert not (tmp_path / TB_DIR).exists()
 
 

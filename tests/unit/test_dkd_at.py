@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oracle_kd.cli import main
+from oracle_kd.cli import compose, main
 from oracle_kd.core.batch import Batch
 from oracle_kd.errors import ConfigError
 from oracle_kd.methods import build_distiller, kd_loss
@@ -223,3 +223,24 @@ def test_end_to_end_run(tmp_path, method):
     assert result["method"] == method and result["teacher_info"]["source"] == str(teacher)
     assert result["extra_params"] == 0
     assert 0.0 <= result["last_top1"] <= 100.0
+
+
+@pytest.mark.parametrize("method, key, order", [("at", "beta", 1), ("sad", "beta", 1), ("ofd", "weight", -1)])
+def test_a_map_size_dependent_weight_follows_the_number_of_positions_below_32_px(method, key, order):
+    """A term averaged over unit-norm maps of P positions goes as 1/P, one summed over them as P: on 8 px digits
+    (P a sixteenth of CIFAR's at every stage) the weight is scaled by 16^-order; at 32 px and above it is the
+    published one, and size_scaled=false keeps it as given."""
+    published = getattr(compose([f"method={method}", "dataset=cifar100"]).method, key)
+    assert getattr(compose([f"method={method}", "dataset=tiny_imagenet"]).method, key) == published
+    assert getattr(compose([f"method={method}"]).method, key) == pytest.approx(published * 16.0 ** -order)
+    assert getattr(compose([f"method={method}", "method.size_scaled=false"]).method, key) == published
+
+
+def test_the_at_term_on_8_px_maps_is_sixteen_times_the_term_on_32_px_maps_at_the_same_misalignment():
+    """The rule's premise, on numbers: the same attention maps upsampled from 8x8 to 32x32 (each position repeated
+    4x4) give an AT term 16 times smaller, so beta/16 on the 8 px maps weighs what beta does on the 32 px ones."""
+    torch.manual_seed(0)
+    small_s, small_t = torch.rand(2, 4, 8, 8), torch.rand(2, 4, 8, 8)
+    big_s, big_t = (F.interpolate(f, scale_factor=4, mode="nearest") for f in (small_s, small_t))
+    ratio = at_loss([small_s], [small_t]) / at_loss([big_s], [big_t])
+    assert ratio.item() == pytest.approx(16.0, rel=1e-5)
