@@ -28,3 +28,28 @@ def test_ci_runs_the_readmes_test_command_verbatim_in_a_fresh_virtualenv():
     at = script.index(tests)
     before = "\n".join(script[:at])
     assert "python3 -m venv" in before and "/bin/activate" in before  # the command runs inside the new venv
+
+
+def architecture_names() -> set[str]:
+    """Every module path ARCHITECTURE.md names: `a/b.py` and `a/{b,c}.py` spans, and the basenames a package's
+    bullet (``- `pkg/`: ... `b.py` ...``) lists, as `pkg/b.py`."""
+    text = re.sub(r"```.*?```", "", (ROOT / "ARCHITECTURE.md").read_text(), flags=re.S)
+
+    def expand(span: str) -> list[str]:
+        brace = re.search(r"\{([^{}]*)\}", span)
+        if not brace:
+            return [span]
+        return [x for alt in brace.group(1).split(",") for x in expand(span[:brace.start()] + alt + span[brace.end():])]
+
+    names = {name for span in re.findall(r"`([^`\n]+)`", text) for name in expand(span.strip())}
+    for package, bullet in re.findall(r"^- `([\w/]+/)`:(.*?)(?=^- |^#|\Z)", text, re.M | re.S):
+        names |= {package + name for span in re.findall(r"`([^`\n]+)`", bullet) for name in expand(span.strip())}
+    return names
+
+
+def test_architecture_names_every_module_of_the_package():
+    modules = sorted(str(p.relative_to(ROOT / "oracle_kd")) for p in (ROOT / "oracle_kd").rglob("*.py")
+                     if p.name != "__init__.py")
+    assert len(modules) > 50
+    named = architecture_names()
+    assert [m for m in modules if m not in named] == []
