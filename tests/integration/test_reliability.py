@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.small_disk import small_tmpfs
 from helpers.tiny_run import TINY_RUN
 from oracle_kd.cli import main
 
@@ -371,16 +372,9 @@ def test_tables_report_a_bad_record_and_carry_on(finished, copy_of, capsys):
 # ----------------------------------------------------------------------------- the disk and permissions
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A real file system of 1200 KiB (tmpfs), for a real ENOSPC; needs root and mount rights."""
-    mnt = tmp_path / "small_disk"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("a full disk is simulated with a small tmpfs, which needs root and mount rights")
-    try:
+    """A real file system of 1200 KiB (tmpfs), for a real ENOSPC."""
+    with small_tmpfs(tmp_path / "small_disk", "1200k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_is_one_line_naming_the_file(finished, small_disk, capsys):

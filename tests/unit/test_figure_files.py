@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 
+from helpers.small_disk import small_tmpfs
 from oracle_kd.store.io import TEMP_SUFFIX, atomic_write_figure
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,16 +76,9 @@ def test_a_read_only_folder_names_the_figure(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path: Path):
-    """A real file system of 64 KiB (tmpfs), for a real ENOSPC; needs root and mount rights."""
-    mnt = tmp_path / "small_disk"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("a full disk is simulated with a small tmpfs, which needs root and mount rights")
-    try:
+    """A real file system of 64 KiB (tmpfs), for a real ENOSPC."""
+    with small_tmpfs(tmp_path / "small_disk", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_names_the_figure_and_leaves_no_temp_file(small_disk):
