@@ -68,9 +68,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def own_rng(holder: Any) -> Iterator[None]:
     """Run with `holder.rng` as the process RNG and keep what the block leaves in it: each run of a cohort draws
-    from its own stream, as it would alone, whatever the others draw (`holder.rng` None: the process's)."""
-    if holder.rng is not None:
-        set_rng_state(holder.rng)
+    from its own stream, as it would alone, whatever the others draw. `holder.rng` None: the run owns the process
+    RNG (a cohort of one), and nothing is swapped."""
+    if holder.rng is None:
+        yield
+        return
+    set_rng_state(holder.rng)
     try:
         yield
     finally:

@@ -25,6 +25,7 @@ from oracle_kd.data import DataBundle
 from oracle_kd.engine import distributed
 from oracle_kd.engine.cohort import check_cohort
 from oracle_kd.engine.member import EpochMeter, Job, Member
+from oracle_kd.engine.state import set_rng_state
 from oracle_kd.engine.step import evaluate, set_lr
 from oracle_kd.engine.stream import Stream, load_teacher
 from oracle_kd.engine.teacher import (
@@ -95,6 +96,10 @@ class Trainer:
                 fresh.teacher_info = m.teacher_info
                 fresh.resume(self.stream.device)
                 self.members[i] = fresh
+        if len(self.members) == 1:  # a run alone owns the process RNG: its steps need no swap (`state.own_rng`)
+            only = self.members[0]
+            set_rng_state(only.rng)
+            only.rng = None
 
     def epoch(self, epoch: int, group: list[Member], bar: Any,
               phase: str | None = None) -> tuple[list[EpochMeter], list[float]]:
