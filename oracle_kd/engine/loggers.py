@@ -18,6 +18,7 @@ Imports of wandb and mlflow are lazy: the package imports without them.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -43,7 +44,7 @@ def final_result(rows: list[dict[str, Any]]) -> dict[str, float]:
             "last_top1": last["test_top1"], "last_top5": last["test_top5"], "last_test_loss": last["test_loss"]}
 
 
-class Continued(Curves):
+class Continued(Curves, abc.ABC):
     """A logger whose backend keeps the run, continued across launches (the module docstring). A subclass says
     how to `start` (open or reopen the run; return the last epoch it holds, 0 for none), `send` an epoch and
     `finish` (with the result when the run finished)."""
@@ -63,14 +64,17 @@ class Continued(Curves):
     def open(cls, run: LoggedRun) -> "Continued":
         return cls(run)
 
+    @abc.abstractmethod
     def start(self) -> int:
-        raise NotImplementedError
+        """The backend's run opened or reopened; returns the last epoch it already holds (0: none)."""
 
+    @abc.abstractmethod
     def send(self, epoch: int, values: dict[str, float]) -> None:
-        raise NotImplementedError
+        """One epoch's scalars to the backend."""
 
+    @abc.abstractmethod
     def finish(self, result: dict[str, float] | None) -> None:
-        raise NotImplementedError
+        """The final result (None: the launch ended before the last epoch), then close the run."""
 
     def log(self, row: dict[str, Any]) -> None:
         epoch = int(row[STEP_KEY])
