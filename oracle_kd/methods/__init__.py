@@ -9,7 +9,15 @@ import pkgutil
 
 from oracle_kd.core.losses import kd_loss
 from oracle_kd.methods.base import Distiller, MethodConfig, freeze, probe_features
-from oracle_kd.methods.registry import available_methods, build_distiller, method_entry, register_method
+from oracle_kd.methods.registry import (
+    MethodInfo,
+    available_methods,
+    build_distiller,
+    method_entry,
+    method_info,
+    methods_in_table_order,
+    register_method,
+)
 
 _INFRASTRUCTURE = {"base", "registry"}
 for _module in pkgutil.iter_modules(__path__):
@@ -17,4 +25,4 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["Distiller", "MethodConfig", "freeze", "probe_features", "kd_loss", "available_methods",
-           "build_distiller", "method_entry", "register_method"]
+           "build_distiller", "method_entry", "method_info", "methods_in_table_order", "MethodInfo", "register_method"]

@@ -55,7 +55,8 @@ def at_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
     return total
 
 
-@register_method("at", ATConfig)
+@register_method("at", ATConfig, paper="Zagoruyko & Komodakis, ICLR 2017", year=2017,
+                 code="megvii-research/mdistiller: mdistiller/distillers/AT.py")
 class AT(Distiller):
     """Feature distillation on the attention maps of the stage outputs (`Features.stages[1:]`)."""
 

@@ -126,7 +126,8 @@ class ContrastMemory(nn.Module):
         return h_s / self.z[0], h_t / self.z[1]
 
 
-@register_method("crd", CRDConfig)
+@register_method("crd", CRDConfig, paper="Tian, Krishnan, Isola, ICLR 2020", year=2020,
+                 code="megvii-research/mdistiller: mdistiller/distillers/CRD.py")
 class CRD(Distiller):
     """Contrastive representation distillation on the pooled features; see the module docstring."""
 

@@ -88,7 +88,8 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return tckd, nckd
 
 
-@register_method("dkd", DKDConfig)
+@register_method("dkd", DKDConfig, paper="Zhao, Cui, Song, Qiu, Liang, CVPR 2022", year=2022,
+                 code="megvii-research/mdistiller: mdistiller/distillers/DKD.py")
 class DKD(Distiller):
     """Logit distillation with target and non-target parts weighted separately."""
 

@@ -57,7 +57,8 @@ def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int],
     return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
 
 
-@register_method("fitnet", FitNetConfig)
+@register_method("fitnet", FitNetConfig, paper="Romero et al., ICLR 2015", year=2015,
+                 code="megvii-research/mdistiller: mdistiller/distillers/FitNet.py")
 class FitNet(Distiller):
     """Hint loss on one stage; the regressor is a submodule, so it trains with the student's optimizer and
     stays out of the saved student."""

@@ -28,7 +28,8 @@ class KDConfig(MethodConfig):
         require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
 
 
-@register_method("kd", KDConfig)
+@register_method("kd", KDConfig, paper="Hinton, Vinyals, Dean, NIPS workshop 2015", year=2015,
+                 code="megvii-research/mdistiller: mdistiller/distillers/KD.py")
 class KD(Distiller):
     """Response distillation from the teacher's logits on `teacher_input()` (plain x here; Oracle KD
     overrides it)."""

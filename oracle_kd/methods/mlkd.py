@@ -93,7 +93,8 @@ def mlkd_terms(s: torch.Tensor, t: torch.Tensor, s_strong: torch.Tensor, t_stron
             "bc": f_b * sum(batch_correlation(s, t, T) for T in temps)}
 
 
-@register_method("mlkd", MLKDConfig)
+@register_method("mlkd", MLKDConfig, paper="Jin, Wang, Lin, CVPR 2023", year=2023,
+                 code="Jin-Ying/Multi-Level-Logit-Distillation: mdistiller/distillers/KD_ours.py")
 class MLKD(Distiller):
     """Multi-level logit distillation over a weak and a strong view; see the module docstring."""
 

@@ -122,7 +122,8 @@ def aligned(*lists: list) -> list[list]:
     return [list(x[len(x) - n:]) for x in lists]
 
 
-@register_method("ofd", OFDConfig)
+@register_method("ofd", OFDConfig, paper="Heo et al., ICCV 2019", year=2019,
+                 code="megvii-research/mdistiller: mdistiller/distillers/OFD.py")
 class OFD(Distiller):
     """Overhaul of feature distillation; see the module docstring."""
 

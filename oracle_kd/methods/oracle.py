@@ -33,7 +33,8 @@ class OracleConfig(KDConfig):
         require(self.rec_num >= 1, "method.rec_num", self.rec_num, "must be >= 1")
 
 
-@register_method("oracle", OracleConfig)
+@register_method("oracle", OracleConfig, paper="Lee, Cho, Kim, Kim, Lee, BMVC 2023", year=2023,
+                 code="myunghakLee/Distillation-for-High-Quality-Knowledge-Extraction", ours=True)
 class Oracle(KD):
     """KD whose teacher sees x* = x − γ·|x| ⊙ ∂CE(teacher(x), y)/∂x, recomputed every step."""
 

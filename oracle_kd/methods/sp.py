@@ -51,7 +51,8 @@ def sp_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
     return total
 
 
-@register_method("sp", SPConfig)
+@register_method("sp", SPConfig, paper="Tung & Mori, ICCV 2019", year=2019,
+                 code="megvii-research/mdistiller: mdistiller/distillers/SP.py")
 class SP(Distiller):
     """Feature distillation on the batch similarities of the last stage's output (`Features.stages[-1]`)."""
 

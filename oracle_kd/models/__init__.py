@@ -10,7 +10,14 @@ from oracle_kd.models import sfx as _sfx  # noqa: F401  (registers models)
 from oracle_kd.models import shufflenet as _shufflenet  # noqa: F401  (registers models)
 from oracle_kd.models import vgg as _vgg  # noqa: F401  (registers models)
 from oracle_kd.models import wrn as _wrn  # noqa: F401  (registers models)
-from oracle_kd.models.registry import available_models, build_model, model_options, register_model
+from oracle_kd.models.registry import (
+    available_models,
+    build_model,
+    model_family,
+    model_options,
+    models_in_table_order,
+    register_model,
+)
 from oracle_kd.models.sfx import PLAIN_OF
 
 
@@ -19,4 +26,5 @@ def plain_counterpart(arch: str) -> str:
     return PLAIN_OF.get(arch, arch)
 
 
-__all__ = ["Features", "available_models", "build_model", "model_options", "plain_counterpart", "register_model"]
+__all__ = ["Features", "available_models", "build_model", "model_family", "model_options", "models_in_table_order",
+           "plain_counterpart", "register_model"]

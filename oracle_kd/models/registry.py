@@ -34,6 +34,29 @@ def _natural_key(name: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
+# The order families appear in tables and plots (a family is the module that registers it): the CIFAR benchmark's
+# families first, as its papers list them, then the ImageNet layouts, the MLPs and the explaining models.
+FAMILY_ORDER = ("cifar_resnet", "wrn", "vgg", "resnet_c", "mobilenetv2", "shufflenet", "resnet", "mlp", "sfx")
+
+
+def model_family(name: str) -> str:
+    """The family of a registered model: the last part of the module that registers it (`cifar_resnet`, `wrn`)."""
+    return _factory(name).__module__.rsplit(".", 1)[-1]
+
+
+def models_in_table_order() -> list[str]:
+    """Registered models by family (FAMILY_ORDER, unknown families last), then in the order their family registers
+    them (shallow to deep): the order of the tables' rows and the plots' axes."""
+    names = list(_REGISTRY)
+
+    def key(name: str) -> tuple[int, int]:
+        family = model_family(name)
+        rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
+        return rank, names.index(name)
+
+    return sorted(names, key=key)
+
+
 def available_models() -> list[str]:
     """Registered model names in natural order (resnet8 before resnet14), for readable messages."""
     return sorted(_REGISTRY, key=_natural_key)

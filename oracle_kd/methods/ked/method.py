@@ -79,7 +79,7 @@ def _maps(feats: Features, baseline: bool) -> list[torch.Tensor]:
     return feats.stages[-1:] if baseline else feats.branch_maps
 
 
-@register_method("ked", KEDConfig)
+@register_method("ked", KEDConfig, paper="Chowdhury, Liang, Tizghadam, Albanese, 2023", year=2023, code="scbwn/ked")
 class KED(Distiller):
     """KED (and KED+FitNet/AT/SP, and the KD+X baselines): see the module docstring."""
 
