@@ -32,7 +32,7 @@ from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.teacher_view import PLAIN
 from oracle_kd.data import available_datasets, dataset_shape
 from oracle_kd.data.subset import train_split_size
-from oracle_kd.errors import ConfigError, choice, mask_credentials, reason, require
+from oracle_kd.errors import ConfigError, PairRefused, choice, mask_credentials, reason, require
 from oracle_kd.methods import MethodConfig, available_methods, build_distiller, method_entry
 from oracle_kd.models import available_models, build_model
 from oracle_kd.paths import CONF_DIR
@@ -466,7 +466,7 @@ def check_ddp(rc: RunConfig) -> None:
             f"is not supported by method {rc.method.name} (its per-run state spans the whole training split)")
 
 
-_PAIRINGS: dict[str, str | None] = {}  # key → the problem found (None: none), per process
+_PAIRINGS: dict[str, ConfigError | None] = {}  # key → the problem found (None: none), per process
 _MODELS: dict[tuple[str, int, int, int, str], Any] = {}  # freshly built models, copied for each check
 
 
@@ -494,33 +494,38 @@ def check_pairing(rc: RunConfig) -> None:
             _PAIRINGS[key] = _pairing_problem(rc)
     problem = _PAIRINGS[key]
     if problem is not None:
-        raise ConfigError(problem)
+        raise type(problem)(str(problem))
 
 
-def _pairing_problem(rc: RunConfig) -> str | None:
+def _pairing_problem(rc: RunConfig) -> ConfigError | None:
+    """What the run's config asks that cannot be (a ConfigError), or what its method refuses of this teacher and
+    student (a PairRefused); None when the check step went through."""
     shape, name = dataset_shape(rc.dataset.name), rc.method.name
     cls = method_entry(name)[0]
     size, c, k = shape.image_size, shape.channels, shape.classes
     if rc.train.chimeric_epochs > 0:
         if not shape.in_memory:
-            return f"train.chimeric_epochs needs a dataset held in memory (digits, CIFAR), not {rc.dataset.name}"
+            return ConfigError(f"train.chimeric_epochs needs a dataset held in memory (digits, CIFAR), not "
+                               f"{rc.dataset.name}")
         if not cls.needs_teacher:
-            return f"train.chimeric_epochs: the chimeric samples are labelled by a teacher; method {name} has none"
+            return ConfigError(f"train.chimeric_epochs: the chimeric samples are labelled by a teacher; "
+                               f"method {name} has none")
     if cls.views and not shape.in_memory:
-        return f"method {name} reads extra views of each batch, made from a dataset held in memory (digits, CIFAR)"
+        return ConfigError(f"method {name} reads extra views of each batch, made from a dataset held in "
+                           f"memory (digits, CIFAR)")
     torch.manual_seed(0)
     try:
         student = _fresh_model(rc.student.arch, k, c, size, rc.student.stem)
         teacher = _fresh_model(rc.teacher.arch, k, c, size, rc.teacher.stem) if cls.needs_teacher else None
         d = build_distiller(rc.method, student, teacher, data=DataInfo((c, size, size), k, torch.arange(k))).train()
         if rc.train.chimeric_epochs > 0 and d.teacher_input() != PLAIN:
-            return (f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain input, "
-                    f"so the method needs one (kd, ked, ...), not {name}")
+            return ConfigError(f"train.chimeric_epochs: the chimeric samples are labelled by the teacher on the plain "
+                               f"input, so the method needs one (kd, ked, ...), not {name}")
         x = torch.randn(2, c, size, size)
         d.forward_train(Batch(x, torch.arange(2) % k, torch.arange(2) % k, views={v: x for v in cls.views}), 1)
     except ConfigError as exc:
-        return str(exc)
+        return PairRefused(str(exc))
     except Exception as exc:  # a shape the loss cannot take: the pair is not one this method can distil
-        return (f"method {name} cannot distil teacher {rc.teacher.arch} into student {rc.student.arch} on "
-                f"{rc.dataset.name}: {reason(exc)}")
+        return PairRefused(f"method {name} cannot distil teacher {rc.teacher.arch} into student {rc.student.arch} on "
+                           f"{rc.dataset.name}: {reason(exc)}")
     return None

@@ -15,6 +15,11 @@ class ConfigError(OracleKDError):
     """A config key or value is unknown, of the wrong type, or out of range."""
 
 
+class PairRefused(ConfigError):
+    """A method cannot distil this teacher into this student (OFD and a student without pre-ReLU maps): in a
+    benchmark grid a blank cell, which the cohort launcher skips with its one line, not a mistake in the config."""
+
+
 class DatasetError(OracleKDError):
     """A dataset folder is missing or malformed, or a data file is unsafe to read."""
 

@@ -19,7 +19,7 @@ from oracle_kd.config import RunConfig, validate
 from oracle_kd.engine.cohort import describe, group_cohorts
 from oracle_kd.engine.teacher import needs_teacher, teacher_run_config
 from oracle_kd.engine.trainer import run_cohort, run_status
-from oracle_kd.errors import OracleKDError, TrainingError, require
+from oracle_kd.errors import OracleKDError, PairRefused, TrainingError, require
 
 log = logging.getLogger("oracle_kd")
 TaskFn = Callable[[DictConfig], Any]
@@ -36,8 +36,9 @@ def _raising(exc: BaseException) -> TaskFn:
     return fn
 
 
-def print_plan(rcs: list[RunConfig], max_members: int | None) -> None:
-    """The teachers a sweep trains first, then its cohorts with their members' methods and students."""
+def print_plan(rcs: list[RunConfig], max_members: int | None, refused: int = 0) -> None:
+    """The teachers a sweep trains first, then its cohorts with their members' methods and students, then the
+    totals (runs, cohorts, and the `refused` jobs whose method cannot distil their pair)."""
     teachers = {}
     for rc in rcs:
         if needs_teacher(rc) and rc.teacher.checkpoint == "auto":
@@ -55,6 +56,8 @@ def print_plan(rcs: list[RunConfig], max_members: int | None) -> None:
               f"seed={d['seed']} batch={d['batch_size']}; methods "
               + ", ".join(f"{name} x{n}" for name, n in sorted(methods.items())) + "; students " + ", ".join(students),
               flush=True)
+    skipped = f"; {refused} job(s) skipped, their method refuses the pair (said above)" if refused else ""
+    print(f"plan: {len(rcs)} runs in {len(groups)} cohort(s) after {len(teachers)} teacher run(s){skipped}", flush=True)
 
 
 class SweepProgress:
@@ -100,14 +103,19 @@ def cohort_task_functions(configs: list[DictConfig], task_function: TaskFn,
     require(max_members is None or max_members >= 1, "hydra.launcher.max_members", max_members, "must be >= 1 or null")
     rcs: dict[int, RunConfig] = {}
     functions: dict[int, TaskFn] = {}
+    refused: list[int] = []
     for i, cfg in enumerate(configs):
         try:
             rcs[i] = validate(cfg)
+        except PairRefused as exc:  # a blank cell of the grid: said once, skipped, the sweep goes on
+            log.warning("skipped job #%s, a pair its method refuses: %s", cfg.hydra.job.num, exc)
+            refused.append(i)
+            functions[i] = _returning({"status": "refused", "reason": str(exc)})
         except OracleKDError as exc:  # this job fails with its one-line error; the others go on
             functions[i] = _raising(exc)
     plans = [i for i, rc in rcs.items() if rc.task == "plan"]
     if plans:
-        print_plan([rcs[i] for i in plans], max_members)
+        print_plan([rcs[i] for i in plans], max_members, len(refused))
     train = [i for i, rc in rcs.items() if rc.task == "train"]
     progress = SweepProgress([rcs[i] for i in train]) if train else None
     for group in group_cohorts([rcs[i] for i in train], max_members):
