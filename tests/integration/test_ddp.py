@@ -304,7 +304,7 @@ def test_two_process_gloo_run_in_float32_is_within_this_machines_float32_roundin
 
 
 def test_the_documented_submitit_multi_gpu_settings_compose(tmp_path, capsys):
-    """README's SLURM command for a multi-GPU ImageNet job: every launcher key it names exists."""
+    """docs/cluster.md's SLURM command for a multi-GPU ImageNet job: every launcher key it names exists."""
     from oracle_kd.cli import main
 
     args = ["--config-dir", str(ROOT / "sweeps"), "--config-name", "table5", f"store={tmp_path}/runs",
