@@ -141,10 +141,15 @@ def test_every_docs_page_is_linked_from_the_readme_or_the_docs_index():
     assert [str(p.relative_to(ROOT)) for p in pages if p.resolve() not in linked] == []
 
 
-def test_the_readme_methods_table_has_one_row_per_registered_method():
-    from oracle_kd.methods import available_methods
+def test_the_readme_methods_table_is_the_registry():
+    """One row per registered method, in the registry's table order, each naming the paper year and the reference
+    repository its registration gives (the registry is the one home of those facts; the README shows them)."""
+    from oracle_kd.methods import method_info, methods_in_table_order
 
     section = (ROOT / "README.md").read_text().split("\n## Methods\n", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([^`]+)` \|", section, re.M)
-    assert sorted(rows) == sorted(set(rows)), "a method has two rows"
-    assert sorted(rows) == sorted(available_methods())
+    rows = dict(re.findall(r"^\| `([^`]+)` \|(.*)$", section, re.M))
+    assert list(rows) == methods_in_table_order()
+    for name, row in rows.items():
+        info = method_info(name)
+        repo = info.code.split(":")[0].split("/")[-1]
+        assert str(info.year or "—") in row and repo in row, f"README row of {name} disagrees with its registration"

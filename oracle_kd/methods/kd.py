@@ -29,7 +29,7 @@ class KDConfig(MethodConfig):
 
 
 @register_method("kd", KDConfig, paper="Hinton, Vinyals, Dean, NIPS workshop 2015", year=2015,
-                 code="megvii-research/mdistiller: mdistiller/distillers/KD.py")
+                 code="HobbitLong/RepDistiller: distiller_zoo/KD.py")
 class KD(Distiller):
     """Response distillation from the teacher's logits on `teacher_input()` (plain x here; Oracle KD
     overrides it)."""

@@ -34,7 +34,7 @@ class OracleConfig(KDConfig):
 
 
 @register_method("oracle", OracleConfig, paper="Lee, Cho, Kim, Kim, Lee, BMVC 2023", year=2023,
-                 code="myunghakLee/Distillation-for-High-Quality-Knowledge-Extraction", ours=True)
+                 code="myunghakLee/Distillation-for-High-Quality-Knowledge-Extraction: utils.py", ours=True)
 class Oracle(KD):
     """KD whose teacher sees x* = x − γ·|x| ⊙ ∂CE(teacher(x), y)/∂x, recomputed every step."""
 

@@ -113,7 +113,7 @@ class LayerAttention(nn.Module):
 
 
 @register_method("sad", SADConfig, paper="Ji, Heo, Park, AAAI 2021", year=2021,
-                 code="clovaai/attention-feature-distillation")
+                 code="clovaai/attention-feature-distillation: distill/AFD.py")
 class SAD(Distiller):
     """CE + Hinton KD + attention-weighted matching of all block outputs. The attention module trains with
     the student's optimizer and is not part of the saved student."""

@@ -143,7 +143,7 @@ def test_ked_plus_x_weights_each_branch_pair(feature):
     with torch.no_grad():
         z_t, f_t = teacher(X)
     assert set(terms) == {"ce", "kd", "explain", feature}
-    # KED.md's numbers: combined KL 21, each branch KL 3.675, each branch feature term 0.08575
+    # the weights worked out by hand: combined KL 21, each branch KL 3.675, each branch feature term 0.08575
     w = KEDConfig(feature=feature).weights(4)
     assert (w["kd"] * 100, w["explain"] * 100, w["feature"]) == pytest.approx((21.0, 3.675, 0.08575))
     explain = sum(kd_loss(s, t, 10.0) for s, t in zip(f_s.branch_logits, f_t.branch_logits))
