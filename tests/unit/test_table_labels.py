@@ -129,3 +129,14 @@ def test_the_page_is_self_contained_and_its_tables_sortable(tmp_path):
     assert re.findall(r'src="([^"]*)"', html) == ["data:image/png;base64,iVBORw0KGgo="]
     assert '<table class="sortable">' in html and "<p class=\"what\">Every pair.</p>" in html
     assert '<td class="num" data-v="90.0">90.00</td>' in html and '<tr class="best">' in html
+
+
+def test_fig5_draws_a_line_per_recipe_where_a_dataset_has_several(drawn, tmp_path):
+    """kd on one pair with two recipes (the SGD preset and a DOT recipe no preset gives): two lines, never one line
+    through two recipes (which would also put two points on one teacher)."""
+    fig5 = pd.DataFrame([{"dataset": "digits", "recipe": recipe, "teacher": "resnet14", "student": "resnet8",
+                          "method": "kd", "best_top1_mean": acc, "best_top1_std": 0.0}
+                         for recipe, acc in (("quick · 12 ep", 90.0), ("12 ep", 89.0))])
+    plots.plot_fig5(fig5, tmp_path / "fig5_pairs.png", "best")
+    ((name, _, legends),) = drawn
+    assert name == "fig5_pairs_digits.png" and legends == [["kd · 12 ep", "kd · quick · 12 ep"]]

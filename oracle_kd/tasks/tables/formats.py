@@ -14,7 +14,10 @@ def csv_bytes(df: pd.DataFrame) -> bytes:
 
 
 def cell_text(value: Any, column: str) -> str:
-    """Floats to 2 decimals, p-values to 2 significant digits (one near 0.05 needs them), a missing number as ''."""
+    """Floats to 2 decimals, p-values to 2 significant digits (one near 0.05 needs them), a missing number (NaN, or
+    pandas' NA of an integer column) as ''."""
+    if value is pd.NA:
+        return ""
     if isinstance(value, float):
         if pd.isna(value):
             return ""

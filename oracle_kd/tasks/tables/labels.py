@@ -1,6 +1,7 @@
 """How the tables name what they show: a method variant by the options that tell it apart from the others in the
-same table, a recipe by the train/ preset it was launched from and its length, a plot by its dataset, pairs and
-metric. Records keep every option; a label keeps only what a reader needs to tell two rows apart."""
+same table, a run's method as published tables name it (`kd+ls`, `kd+dot`, `ttm`), a recipe by the train/ preset it
+was launched from and its length, a plot by its dataset, pairs and metric. Records keep every option; a label keeps
+only what a reader needs to tell two rows apart."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections import defaultdict
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from oracle_kd.config import group_options, load_train_preset
@@ -68,6 +70,42 @@ def method_labels(df: pd.DataFrame) -> pd.Series:
                for values in df[columns].itertuples(index=False, name=None)]
     extra = varying_options(list(df["method"].astype(str)), options)
     return pd.Series([f"{m} {x}" if x else str(m) for m, x in zip(df["method"], extra)], index=df.index)
+
+
+# ----------------------------------------------------------------------------- published-method labels
+LABEL_OPTIONS = ("logit_stand", "weighted")  # method options that a benchmark label names, so no variant repeats them
+
+
+def _on(value: Any) -> bool:
+    """An option recorded as true; a missing option (NaN in a flattened table, None) is off."""
+    return isinstance(value, (bool, np.bool_)) and bool(value)
+
+
+def _off(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_)) and not bool(value)
+
+
+def benchmark_label(method: str, logit_stand: Any = None, weighted: Any = None, optimizer: Any = None) -> str:
+    """A run's method as published tables name it: `ttm` for WTTM without its per-sample weight, `+ls` where the
+    logits are standardised first (LSKD), `+dot` where the DOT optimizer trained it (`kd+dot`). DKD keeps `dkd`
+    whatever its beta: the published DKD rows use a beta per pair too."""
+    label = "ttm" if method == "wttm" and _off(weighted) else method
+    if _on(logit_stand):
+        label += "+ls"
+    if optimizer == "dot":
+        label += "+dot"
+    return label
+
+
+def benchmark_labels(df: pd.DataFrame) -> pd.Series:
+    """`benchmark_label` of every run, read from the flattened `method.*` and `train.*` columns (an option
+    that older records lack is off)."""
+    def column(name: str) -> list[Any]:
+        return list(df[name]) if name in df.columns else [None] * len(df)
+
+    labels = [benchmark_label(m, ls, w, opt) for m, ls, w, opt in
+              zip(df["method"], column("method.logit_stand"), column("method.weighted"), column("train.optimizer"))]
+    return pd.Series(labels, index=df.index, dtype=object)
 
 
 # ----------------------------------------------------------------------------- recipes

@@ -80,6 +80,22 @@ def _paper(name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
+PUBLISHED = "published"  # results/paper/published.csv: every published cell of the KD benchmarks, with its source
+PUBLISHED_TYPES = {"dataset": str, "teacher": str, "student": str, "method": str, "top1": float, "std": float,
+                   "source_repo": str, "source_file": str, "source_commit": str, "protocol": str, "n_runs": "Int64",
+                   "epochs": "Int64", "notes": str}
+
+
+def published() -> pd.DataFrame | None:
+    """The published numbers (results/paper/published.csv), one row per cell of a source's table, in file order
+    (the original table first, then the later ones); None where the file is missing."""
+    path = PAPER_DIR / f"{PUBLISHED}.csv"
+    if not path.exists():
+        return None
+    return pd.read_csv(path, dtype=PUBLISHED_TYPES, keep_default_na=False, na_values={"std": [""], "n_runs": [""],
+                                                                                       "epochs": [""]})
+
+
 def _with_paper(stats: pd.DataFrame, paper: pd.DataFrame | None, on: list[str]) -> pd.DataFrame:
     if paper is None:
         return stats
@@ -186,11 +202,29 @@ def table5(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     return _order(_with_paper(stats, _paper("table5"), ["dataset", "teacher", "student", "method"]))
 
 
+BENCHMARK_SOURCES = ("HobbitLong/RepDistiller", "megvii-research/mdistiller")  # the CRD and DKD tables
+
+
+def benchmark_paper() -> pd.DataFrame | None:
+    """The CIFAR-100 KD benchmark's published numbers: the pairs of the CRD and DKD tables, and per pair and
+    method the first published number (the CRD table's before a later reprint or rerun), with its source and
+    protocol."""
+    pub = published()
+    if pub is None:
+        return None
+    cifar = pub[pub["dataset"] == "cifar100"]
+    pairs = cifar[cifar["source_repo"].isin(BENCHMARK_SOURCES)][["teacher", "student"]].drop_duplicates()
+    paper = cifar.merge(pairs, on=["teacher", "student"]).drop_duplicates(["dataset", "teacher", "student", "method"])
+    return paper[["dataset", "teacher", "student", "method", "top1", "source_repo", "protocol"]].rename(
+        columns={"top1": "paper_top1", "source_repo": "paper_source", "protocol": "paper_protocol"})
+
+
 def crd_benchmark(df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The standard CIFAR-100 KD benchmark: its teacher-student pairs (those of results/paper/crd_benchmark.csv) on
-    any dataset (the paper column only on CIFAR-100), every distillation method, plus per pair the teacher row and
-    the plainly trained (ce) student row."""
-    paper = _paper("crd_benchmark")
+    """The standard CIFAR-100 KD benchmark: its teacher-student pairs (those of the CRD and DKD tables in
+    results/paper/published.csv) on any dataset (the paper column only on CIFAR-100), every distillation method,
+    plus per pair the teacher row and the plainly trained (ce) student row. `benchmark.csv` holds every published
+    number of these cells, each compared under its own protocol."""
+    paper = benchmark_paper()
     if paper is None:
         return pd.DataFrame()
     pairs = paper[["teacher", "student"]].drop_duplicates()

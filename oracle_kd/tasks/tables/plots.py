@@ -55,19 +55,24 @@ def _finish(fig: Any, title: str, path: Path) -> Figure:
 
 
 def plot_fig5(fig5: pd.DataFrame, path: Path, metric: str) -> list[Figure]:
-    """fig5_pairs_<dataset>.png: a panel per student, the teachers along x, a line per method (mean ± std)."""
+    """fig5_pairs_<dataset>.png: a panel per student, the teachers along x, a line per method (mean ± std), and per
+    recipe where a dataset's runs used several (`kd · quick · 2 ep`, `kd · 2 ep`: never two recipes on one line)."""
     plt, figures = _pyplot(), []
     for dataset, d in fig5.groupby("dataset", sort=True):
         students = _in_order(d["student"], ARCH_ORDER)
+        recipes = sorted(d["recipe"].unique()) if "recipe" in d.columns else [None]
         width = max(4 * len(students), MIN_WIDTH)
         fig, axes = plt.subplots(1, len(students), figsize=(width, 3.8), squeeze=False)
         for ax, student in zip(axes[0], students):
             g = d[d["student"] == student]
             teachers = _in_order(g["teacher"], ARCH_ORDER)
-            for method in _in_order(g["method"], METHOD_ORDER):
-                m = g[g["method"] == method].set_index("teacher").reindex(teachers)
+            for method, recipe in [(m, r) for m in _in_order(g["method"], METHOD_ORDER) for r in recipes]:
+                line = g[(g["method"] == method) & ((g["recipe"] == recipe) if recipe is not None else True)]
+                if line.empty:
+                    continue
+                m = line.set_index("teacher").reindex(teachers)
                 ax.errorbar(range(len(teachers)), m[f"{metric}_top1_mean"], yerr=m[f"{metric}_top1_std"], marker="o",
-                            capsize=3, label=method)
+                            capsize=3, label=method if len(recipes) == 1 else f"{method} · {recipe}")
             ax.set_xticks(range(len(teachers)), teachers, rotation=30)
             ax.set_title(f"student {student}", fontsize=9)
             ax.set_xlabel("teacher")
