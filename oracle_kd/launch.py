@@ -57,7 +57,8 @@ def print_plan(rcs: list[RunConfig], max_members: int | None, refused: int = 0) 
               + ", ".join(f"{name} x{n}" for name, n in sorted(methods.items())) + "; students " + ", ".join(students),
               flush=True)
     skipped = f"; {refused} job(s) skipped, their method refuses the pair (said above)" if refused else ""
-    print(f"plan: {len(rcs)} runs in {len(groups)} cohort(s) after {len(teachers)} teacher run(s){skipped}", flush=True)
+    print(f"plan total: {len(rcs)} runs in {len(groups)} cohort(s) after {len(teachers)} teacher run(s){skipped}",
+          flush=True)
 
 
 class SweepProgress:

@@ -77,7 +77,8 @@ def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return inter, intra
 
 
-@register_method("dist", DISTConfig)
+@register_method("dist", DISTConfig, paper="Huang, You, Wang, Qian, Xu, NeurIPS 2022", year=2022,
+                 code="hunto/image_classification_sota: lib/models/losses/dist_kd.py")
 class DIST(Distiller):
     """Logit distillation by correlation, within each sample (inter-class) and within each class over the batch
     (intra-class)."""

@@ -73,7 +73,8 @@ def nkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return target_term, non_target
 
 
-@register_method("nkd", NKDConfig)
+@register_method("nkd", NKDConfig, paper="Yang, Zeng, Yuan, Li, ICCV 2023", year=2023,
+                 code="yzd-v/cls_KD: mmcls/models/dis_losses/nkd.py")
 class NKD(Distiller):
     """Logit distillation with the target class and the renormalised non-target classes matched apart."""
 

@@ -79,7 +79,8 @@ def wttm_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma:
     return (u * kl).mean() if weighted else kl.mean()
 
 
-@register_method("wttm", WTTMConfig)
+@register_method("wttm", WTTMConfig, paper="Zheng & Yang, ICLR 2024", year=2024,
+                 code="zkxufo/TTM: distiller_zoo/wttm.py")
 class WTTM(Distiller):
     """Matching the power-transformed teacher with the student's untempered softmax, each sample weighted by how
     spread the teacher's prediction is (plain TTM with `weighted: false`)."""

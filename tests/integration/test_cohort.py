@@ -186,7 +186,7 @@ def test_plan_shows_the_teachers_then_one_cohort_per_teacher(tmp_path, capsys):
     assert len(teachers) == 4 and all("new (trained first, once)" in t for t in teachers)
     assert len(cohorts) == 4 and all(" 4 runs, teacher resnet" in c for c in cohorts)
     assert lines.index(cohorts[0]) > lines.index(teachers[-1])
-    assert lines[8] == "plan: 16 runs in 4 cohort(s) after 4 teacher run(s)"
+    assert lines[8] == "plan total: 16 runs in 4 cohort(s) after 4 teacher run(s)"
     assert len(lines) == 4 + 4 + 1 + 16  # then every job's own plan line
 
 
@@ -198,7 +198,7 @@ def test_a_pair_its_method_refuses_is_a_skipped_cell_of_the_grid(tmp_path, capsy
     assert main(grid) == 0
     captured = capsys.readouterr()
     out = captured.out + captured.err  # the skip is a log line (Hydra's handler), the plan is printed
-    assert "plan: 3 runs in 2 cohort(s) after 2 teacher run(s); 1 job(s) skipped, their method refuses the pair" in out
+    assert "plan total: 3 runs in 2 cohort(s) after 2 teacher run(s); 1 job(s) skipped, their method refuses the pair" in out
     assert "skipped job #0, a pair its method refuses: method=ofd: student MobileNetV2 has no pre-ReLU" in out
     assert main(["method=ofd", "teacher=vgg13", "student=mobilenetv2", "dataset=cifar100", "task=plan",
                  f"store={tmp_path}"]) == 2

@@ -70,7 +70,7 @@ def test_chromium_renders_the_tables_and_figures(results, tmp_path):
     assert rendered["tables"] == len(csvs)
     assert rendered["rows"] == [len(pd.read_csv(p)) for p in csvs]
     assert len(rendered["images"]) == 3 and all(width > 0 for width in rendered["images"])  # each PNG decoded
-    assert "5 tables and 3 of 3 figures shown." in dom.stdout
+    assert "6 tables and 3 of 3 figures shown." in dom.stdout
 
     shot = tmp_path / "page.png"
     run = _chromium(f"--screenshot={shot}", page, profile=tmp_path / "profile")

@@ -12,16 +12,17 @@ from typing import Iterable
 import pandas as pd
 
 from oracle_kd.core.stats import ci95_half_width, welch_p
+from oracle_kd.methods import methods_in_table_order
+from oracle_kd.models import models_in_table_order
 from oracle_kd.models.sfx import PLAIN_OF
 from oracle_kd.paths import PAPER_DIR
 from oracle_kd.store.analysis import collect_analysis
 from oracle_kd.tasks.tables.labels import method_labels, metric_label, shown_variants
 
-ARCH_ORDER = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
-              "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
-              "resnet18c", "resnet50c", "mobilenetv2", "shufflenetv1", "shufflenetv2", "resnet18", "resnet34",
-              "resnet50", "resnet101"]
-METHOD_ORDER = ["teacher", "student", "ce", "dkd", "at", "fitnet", "sp", "kd", "sad", "oracle", "ked"]
+# Row and axis orders come from the registries (families shallow to deep; plain training, the baselines by year,
+# then Oracle KD), so a new model or method needs no edit here.
+ARCH_ORDER = models_in_table_order()
+METHOD_ORDER = ["teacher", "student", *methods_in_table_order()]
 FEATURE_NAMES = {"fitnet": "FitNet", "at": "AT", "sp": "SP"}
 KED_ORDER = ["KD", "KED", *(f"{m}+{x}" for x in FEATURE_NAMES.values() for m in ("KD", "KED"))]
 LARGE_DATASETS = ("tiny_imagenet", "imagenet")
