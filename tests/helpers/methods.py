@@ -18,7 +18,9 @@ ON_PLAIN_MODELS = {"ked": {"baseline": True, "feature": "fitnet"}, "crd": {"nega
 # Pairs a method refuses by design, said here (not derived from the models) so the refusal itself is tested: OFD
 # distils pre-ReLU maps, which MobileNetV2's linear bottlenecks do not have, and takes margins from a BN before
 # each teacher stage's ReLU, which a ShuffleNet's concatenated stage outputs do not follow.
-REFUSED = {"ofd": lambda t, s: "mobilenetv2" in (t, s) or t.startswith("shufflenet")}
+REFUSED = {"ofd": lambda t, s: "mobilenetv2" in (t, s) or t.startswith("shufflenet"),
+           # ReviewKD fuses and pools spatial maps: the MLPs' features are all 1x1
+           "reviewkd": lambda t, s: "mlp" in t or "mlp" in s}
 
 
 def refuses(method: str, teacher: str, student: str) -> bool:
