@@ -189,7 +189,8 @@ def plan_levels(s_maps: list[torch.Tensor], t_maps: list[torch.Tensor]) -> list[
             for s, t in zip(s_maps[len(s_maps) - n:], t_maps[len(t_maps) - n:])]
 
 
-@register_method("reviewkd", ReviewKDConfig)
+@register_method("reviewkd", ReviewKDConfig, paper="Chen, Liu, Zhao, Jia, CVPR 2021", year=2021,
+                 code="megvii-research/mdistiller: mdistiller/distillers/ReviewKD.py")
 class ReviewKD(Distiller):
     """Knowledge review; see the module docstring. The ABF modules are submodules: they train with the student's
     optimizer and are saved with the run, never with the student."""
