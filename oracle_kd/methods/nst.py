@@ -10,8 +10,8 @@ measured by the squared maximum mean discrepancy with the polynomial kernel k(a,
 
 (means over the batch and over all channel pairs, i.e. divided by B·C_t², B·C_s² and B·C_s·C_t), summed over the
 stage outputs `Features.stages[1:]` (post-ReLU in the CIFAR ResNets, as mdistiller's `feats[1:]`);
-L = ce_weight·CE + weight·Σ_stages MMD². Defaults: mdistiller's CE 1, feature weight 50. The paper writes λ/2 in
-front of MMD²; the code has no 1/2, and its weight is what the defaults copy.
+L = ce_weight·CE + weight·Σ_stages MMD². Defaults: mdistiller's CE 1, feature weight 50, with no other factor in
+front of MMD² (the weight is tuned for the code's loss as written).
 
 Memory: the reference builds every kernel value through a broadcast product of shape (B, C, C, H·W) before summing
 over positions (about 1 GB at the first stage of resnet8x4 at batch 64). The kernel sums are Gram matrices: with

@@ -14,7 +14,7 @@ i.e. the KL divergence of each row of P^s from P^t, summed over j, averaged over
 rows: the reference's `torch.mean`, which the default weight is tuned for). j = i is included, as in the code.
 L = ce_weight·CE + weight·PKT. Defaults: mdistiller's CE 1, weight 30000, eps 1e-7.
 
-The paper's kernel is the cosine similarity too; only its scale and eps placement are the code's, kept here.
+The kernel's shift into [0, 1], the eps placements and the mean over B² are the code's, kept as they are.
 The value is invariant to a positive scaling of either embedding (up to eps). Computed in fp32 (fp64 in an fp64
 run) with autocast off.
 """

@@ -12,7 +12,7 @@ inputs (`Features.pooled`, (B, D), any D on either side),
 
 L = ce_weight·CE + weight·(distance_weight·L_D + angle_weight·L_A), returned as the two terms "distance" and
 "angle" (each already times `weight`). Defaults: mdistiller's CE 1, feature weight 1, distance 25, angle 50,
-eps 1e-12, distances not squared (the paper's λ_D = 25, λ_A = 50).
+eps 1e-12, distances not squared (RepDistiller's RKDLoss uses the same 25 and 50).
 
 Distances are computed as in the reference, from ‖x_i‖² + ‖x_j‖² − 2x_iᵀx_j clamped at eps (then the square
 root unless `squared`), with the diagonal set to 0. Both relations are invariant to a scaling, rotation or

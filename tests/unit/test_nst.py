@@ -40,7 +40,7 @@ def test_the_mmd_by_hand():
     assert poly_mmd(maps([1.0, 0.0], [0.0, 2.0]), maps([3.0, 0.0])).item() == pytest.approx(0.5, abs=1e-15)
     # student: one channel (1, 1) -> (1, 1)/√2 at 45° to the teacher's: k(s,t) = cos² 45° = 1/2; MMD² = 1 + 1 − 1
     assert poly_mmd(maps([1.0, 1.0]), maps([3.0, 0.0])).item() == pytest.approx(1.0, abs=1e-15)
-    # the same channels in any scale, order or number of copies: the same distribution, MMD² = 0
+    # the same directions in the same proportions, in any scale or order: the same distribution, MMD² = 0
     same = poly_mmd(maps([0.0, 5.0], [2.0, 1.0], [2.0, 1.0]), maps([4.0, 2.0], [0.0, 3.0], [4.0, 2.0]))
     assert same.item() == pytest.approx(0.0, abs=1e-15)
     # summed over stage pairs
