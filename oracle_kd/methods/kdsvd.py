@@ -17,8 +17,9 @@ L = ce_weight·CE + weight·KDSVD. Defaults: mdistiller's k 1, CE 1, weight 1.
 Kept from the reference: the (C·H) × W layout, so the singular vectors run over the map's width. The paper and
 RepDistiller's port of the TensorFlow code factor the H·W × C matrix, whose vectors run over channels; that
 layout needs teacher and student of the same width at every stage, which this one does not. Also kept: NaNs and
-infinities in U, Σ, V and in the squared differences are zeroed; SVD in fp32 at least (fp64 in an fp64 run, never
-bf16: autocast is off); student vectors that tie for the largest |cosine| are summed (the reference's mask).
+infinities in Σ, V (U is not used) and in the squared differences are zeroed; SVD in fp32 at least (fp64 in an
+fp64 run, never bf16: autocast is off); student vectors that tie for the largest |cosine| are summed (the
+reference's mask).
 
 Changed, on purpose:
 - Sign. An SVD returns each singular vector up to sign, and which sign depends on the library (LAPACK, cuSOLVER,
