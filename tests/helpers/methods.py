@@ -23,6 +23,11 @@ REFUSED = {"ofd": lambda t, s: "mobilenetv2" in (t, s) or t.startswith("shufflen
            "reviewkd": lambda t, s: "mlp" in t or "mlp" in s}
 
 
+# Methods whose step waits for the host on a GPU by design, said here so the fast-path check skips them by name:
+# KDSVD's torch.linalg.svd reads cuSOLVER's convergence flags on the host (and falls back to another driver).
+WAITS_FOR_HOST = {"kdsvd": "torch.linalg.svd synchronises the GPU with the host to check convergence"}
+
+
 def refuses(method: str, teacher: str, student: str) -> bool:
     """Whether `method` refuses this teacher/student pair (a one-line ConfigError when it is built)."""
     return method in REFUSED and REFUSED[method](teacher, student)
