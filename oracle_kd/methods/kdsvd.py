@@ -136,7 +136,8 @@ def kdsvd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[to
     return total
 
 
-@register_method("kdsvd", KDSVDConfig)
+@register_method("kdsvd", KDSVDConfig, paper="Lee, Kim, Song, ECCV 2018", year=2018,
+                 code="megvii-research/mdistiller: mdistiller/distillers/KDSVD.py")
 class KDSVD(Distiller):
     """Feature distillation on the relations between consecutive stages' leading singular vectors (`stages[1:]`)."""
 

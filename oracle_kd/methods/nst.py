@@ -112,7 +112,8 @@ def nst_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torc
     return total
 
 
-@register_method("nst", NSTConfig)
+@register_method("nst", NSTConfig, paper="Huang & Wang, arXiv 2017", year=2017,
+                 code="megvii-research/mdistiller: mdistiller/distillers/NST.py")
 class NST(Distiller):
     """Feature distillation on the per-channel spatial distributions of the stage outputs (`stages[1:]`)."""
 

@@ -64,7 +64,8 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-7) ->
         return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
 
 
-@register_method("pkt", PKTConfig)
+@register_method("pkt", PKTConfig, paper="Passalis & Tefas, ECCV 2018", year=2018,
+                 code="megvii-research/mdistiller: mdistiller/distillers/PKT.py")
 class PKT(Distiller):
     """Relational distillation of the batch's cosine neighbourhoods in the classifier inputs (`pooled`)."""
 

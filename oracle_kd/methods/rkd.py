@@ -90,7 +90,8 @@ def rkd_terms(student: torch.Tensor, teacher: torch.Tensor, squared: bool = Fals
     return loss_d, loss_a
 
 
-@register_method("rkd", RKDConfig)
+@register_method("rkd", RKDConfig, paper="Park, Kim, Lu, Cho, CVPR 2019", year=2019,
+                 code="megvii-research/mdistiller: mdistiller/distillers/RKD.py")
 class RKD(Distiller):
     """Relational distillation of the batch's distances and angles in the classifier inputs (`pooled`)."""
 

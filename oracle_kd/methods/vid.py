@@ -97,7 +97,8 @@ def vid_loss(regressors: Sequence[nn.Module], variances: Sequence[torch.Tensor],
     return total
 
 
-@register_method("vid", VIDConfig)
+@register_method("vid", VIDConfig, paper="Ahn, Hu, Damianou, Lawrence, Dai, CVPR 2019", year=2019,
+                 code="HobbitLong/RepDistiller: distiller_zoo/VID.py")
 class VID(Distiller):
     """Per stage, a regressor and per-channel variances that train with the student (the variances only with
     `train_variance`); both are extras of the method, saved with the student."""
