@@ -8,17 +8,32 @@ import torch.nn.functional as F
 from oracle_kd.core.precision import at_least_fp32
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: float | torch.Tensor) -> torch.Tensor:
     """Hinton's distillation term τ²·KL(softmax(t/τ) ‖ softmax(s/τ)).
 
     KL summed over classes and averaged over the batch (as the released code and mdistiller); τ² keeps the gradient scale
-    independent of τ. Computed in fp32 because log-probabilities lose too much in bf16.
+    independent of τ. Computed in fp32 because log-probabilities lose too much in bf16. τ may be a 0-dim tensor that
+    needs a gradient (CTKD's learnt temperature): it then gets one through both softmaxes and τ².
     """
-    t = float(temperature)
+    t = temperature if isinstance(temperature, torch.Tensor) else float(temperature)
     log_p_s = F.log_softmax(at_least_fp32(student_logits) / t, dim=1)
     log_p_t = F.log_softmax(at_least_fp32(teacher_logits) / t, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
     return kl * (t * t)
+
+
+# The reference's guard in the z-score's denominator: it is added to the standard deviation, not to the variance.
+STANDARDIZE_EPS = 1e-7
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Logit standardisation (Sun et al., CVPR 2024): each row's z-score (z − mean) / (1e-7 + std), with the
+    unbiased (N − 1) standard deviation over the classes, as the reference's `torch.std`. The result is the same
+    for a·z + b (a > 0) up to the 1e-7, which is what frees a student from matching the teacher's logit range and
+    offset; a KD term then divides it by its (base) temperature. In fp32 at least."""
+    z = at_least_fp32(logits)
+    return (z - z.mean(dim=-1, keepdim=True)) / (STANDARDIZE_EPS + z.std(dim=-1, keepdim=True))
 
 
 def pool_to(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

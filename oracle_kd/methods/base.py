@@ -21,6 +21,11 @@ from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
 from oracle_kd.errors import require
 
+PAIR_TABLE = "_by_pair"  # the suffix of a per-pair table's field: `<option>_by_pair`
+# metadata={"identity": WHEN_SET}: an option added after runs were stored, part of a run's identity only when it is not
+# its default (store/identity.py), so the stored runs keep their run_ids
+WHEN_SET = "when_set"
+
 
 @dataclass
 class MethodConfig:
@@ -79,9 +84,19 @@ class MethodConfig:
             f"method.size_scaled=false keeps the values as given")
 
     def for_pair(self, teacher: str, student: str) -> "MethodConfig":
-        """This config with every per-teacher or per-pair table resolved for one run (a method with a
-        per-pair option overrides this); what remains is what the run's identity hashes."""
-        return self.for_teacher(teacher)
+        """This config with every per-teacher or per-pair table resolved for one run: `ce_weight_by_teacher`, then
+        each `<option>_by_pair` table ("teacher-student" → value of `<option>`; a pair it does not list keeps the
+        option as given). The tables are dropped once resolved, so what remains is what the run's identity hashes:
+        the same run as the plain options they set."""
+        cfg = self.for_teacher(teacher)
+        pair, resolved = f"{teacher}-{student}", {}
+        for f in dataclasses.fields(cfg):
+            table = getattr(cfg, f.name)
+            if f.name.endswith(PAIR_TABLE) and table:
+                option = f.name[:-len(PAIR_TABLE)]
+                resolved[option] = table.get(pair, getattr(cfg, option))
+                resolved[f.name] = None
+        return dataclasses.replace(cfg, **resolved) if resolved else cfg
 
 
 

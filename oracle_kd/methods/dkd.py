@@ -10,13 +10,18 @@ Both terms are Hinton's τ²·KL on a different set of logits, so both reuse `kd
 - TCKD: the two logits (z_target, τ·logsumexp(z_non-target/τ)), whose softmax at τ is exactly
   [p_target, Σ p_non-target]. The reference takes torch.log of these probabilities, which is −inf
   (then NaN loss and gradients) once a prediction is confident enough that one of them underflows.
+
+`logit_stand=true` (LSKD, Sun et al., CVPR 2024; sunshangquan/logit-standardization-KD `mdistiller/distillers/DKD.py`)
+computes both terms on the per-sample z-scores of s and t (`core.losses.standardize`), τ being the base temperature.
+The reference's flag also multiplies α and β by its `--kd-weight` and sets τ to `--base-temp`; here the preset
+method=dkd_ls gives the resulting α, β and τ per pair as plain numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -26,7 +31,7 @@ from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
 from oracle_kd.methods.base import Distiller
-from oracle_kd.methods.kd import KDConfig
+from oracle_kd.methods.kd import KDConfig, standardized
 from oracle_kd.methods.registry import register_method
 
 
@@ -42,7 +47,8 @@ class DKDConfig(KDConfig):
     beta: float = 8.0
     temperature: float = 4.0
     warmup: int = 20
-    # "teacher-student" -> beta (mdistiller's per-pair configs); resolved by for_pair, so not part of a run's identity
+    # "teacher-student" -> beta (mdistiller's per-pair configs); resolved by for_pair (as KDConfig's alpha_by_pair and
+    # temperature_by_pair), so not part of a run's identity
     beta_by_pair: Optional[dict[str, float]] = dataclasses.field(default_factory=dict, metadata={"identity": False})
 
     def validate(self) -> None:
@@ -51,14 +57,6 @@ class DKDConfig(KDConfig):
         require(self.warmup >= 0, "method.warmup", self.warmup, "must be >= 0 (0 = no warm-up)")
         for pair, beta in (self.beta_by_pair or {}).items():
             require(beta >= 0, f"method.beta_by_pair.{pair}", beta, "must be >= 0")
-
-    def for_pair(self, teacher: str, student: str) -> "DKDConfig":
-        """β for this pair from `beta_by_pair` (else `beta`), then the table is dropped: a run's identity is
-        the same as with that β given directly."""
-        cfg = super().for_pair(teacher, student)
-        if not cfg.beta_by_pair:
-            return cfg
-        return dataclasses.replace(cfg, beta=cfg.beta_by_pair.get(f"{teacher}-{student}", cfg.beta), beta_by_pair=None)
 
 
 def _non_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,6 +92,7 @@ class DKD(Distiller):
     """Logit distillation with target and non-target parts weighted separately."""
 
     cfg: DKDConfig
+    reads_logit_stand: ClassVar[bool] = True
 
     def warmup_factor(self, epoch: int) -> float:
         """min(epoch / warmup, 1) with 1-based epochs: the reference's linear ramp of the KD terms."""
@@ -104,7 +103,7 @@ class DKD(Distiller):
         x, y = batch
         t_logits, _ = self.teacher_out(batch, teacher_out)
         s_logits, _ = self.student(x)
-        tckd, nckd = dkd_terms(s_logits, t_logits, y, self.cfg.temperature)
+        tckd, nckd = dkd_terms(*standardized(s_logits, t_logits, self.cfg.logit_stand), y, self.cfg.temperature)
         w = self.warmup_factor(epoch)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),

@@ -19,11 +19,18 @@ already a scalar, so they only scale it by f_b and f_c, the masked fractions (ab
 T = 6 terms of the strong-view sum read the weak logits; the strong view's correlation terms are not part of
 the loss. The paper states per-sample masking and strong-view terms throughout. The teacher's strong-view pass
 is this method's own (eval mode, no gradient); its weak-view pass is the shared one.
+
+`logit_stand=true` (LSKD, Sun et al., CVPR 2024; sunshangquan/logit-standardization-KD `mdistiller/distillers/MLKD.py`)
+z-scores each sample's logits (`core.losses.standardize`) in the KD_T terms only, as that code does: the CC and BC
+terms and the masks read the raw logits. The reference's flag also sets its KD weight and τ (`--kd-weight`,
+`--base-temp`); here they are `kd_weight` and `temperature`, given per pair by the preset method=mlkd_ls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +40,8 @@ from oracle_kd.core.losses import kd_loss
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import WHEN_SET, Distiller, MethodConfig
+from oracle_kd.methods.kd import standardized
 from oracle_kd.methods.registry import register_method
 
 EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)  # after method.temperature, in the official code's order
@@ -48,11 +56,18 @@ class MLKDConfig(MethodConfig):
     ce_weight: float = 0.1
     kd_weight: float = 0.9
     temperature: float = 4.0
+    # LSKD's z-score in the KD terms; added after MLKD runs were stored: part of a run's identity only when on
+    logit_stand: bool = dataclasses.field(default=False, metadata={"identity": WHEN_SET})
+    # "teacher-student" -> kd_weight (method=mlkd_ls); resolved by for_pair, so not part of a run's identity
+    kd_weight_by_pair: Optional[dict[str, float]] = dataclasses.field(default_factory=dict,
+                                                                     metadata={"identity": False})
 
     def validate(self) -> None:
         super().validate()
         require(self.kd_weight >= 0, "method.kd_weight", self.kd_weight, "must be >= 0")
         require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
+        for pair, weight in (self.kd_weight_by_pair or {}).items():
+            require(weight >= 0, f"method.kd_weight_by_pair.{pair}", weight, "must be >= 0")
 
 
 def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -83,12 +98,16 @@ def masked_fractions(t_weak: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mlkd_terms(s: torch.Tensor, t: torch.Tensor, s_strong: torch.Tensor, t_strong: torch.Tensor,
-               temperature: float) -> dict[str, torch.Tensor]:
-    """The unweighted KD, CC and BC terms of the module docstring (before × kd_weight)."""
+               temperature: float, logit_stand: bool = False) -> dict[str, torch.Tensor]:
+    """The unweighted KD, CC and BC terms of the module docstring (before × kd_weight); `logit_stand`: the KD
+    terms on per-sample z-scores."""
     temps = (temperature, *EXTRA_TEMPERATURES)
     f_b, f_c = masked_fractions(t)
-    kd_weak = f_b * sum(kd_loss(s, t, T) for T in temps)
-    kd_strong = sum(kd_loss(s_strong, t_strong, T) for T in temps[:3]) + sum(kd_loss(s, t, T) for T in temps[3:])
+    ks, kt = standardized(s, t, logit_stand)
+    ks_strong, kt_strong = standardized(s_strong, t_strong, logit_stand)
+    kd_weak = f_b * sum(kd_loss(ks, kt, T) for T in temps)
+    kd_strong = (sum(kd_loss(ks_strong, kt_strong, T) for T in temps[:3])
+                 + sum(kd_loss(ks, kt, T) for T in temps[3:]))
     return {"kd": kd_weak + kd_strong, "cc": f_c * sum(class_correlation(s, t, T) for T in temps),
             "bc": f_b * sum(batch_correlation(s, t, T) for T in temps)}
 
@@ -100,6 +119,7 @@ class MLKD(Distiller):
 
     cfg: MLKDConfig
     views = (STRONG,)
+    reads_logit_stand: ClassVar[bool] = True
 
     def forward_train(self, batch: Batch, epoch: int,
                       teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -111,6 +131,6 @@ class MLKD(Distiller):
             t_strong, _ = self.teacher(x_strong)
         s_logits, _ = self.student(batch.x)
         s_strong, _ = self.student(x_strong)
-        terms = mlkd_terms(s_logits, t_logits, s_strong, t_strong, self.cfg.temperature)
+        terms = mlkd_terms(s_logits, t_logits, s_strong, t_strong, self.cfg.temperature, self.cfg.logit_stand)
         ce = self.ce_loss(s_logits, batch.y) + self.ce_loss(s_strong, batch.y)
         return s_logits, {"ce": ce, **{k: self.cfg.kd_weight * v for k, v in terms.items()}}

@@ -16,6 +16,7 @@ from typing import Any
 
 from oracle_kd.config import RunConfig
 from oracle_kd.methods import method_entry
+from oracle_kd.methods.base import WHEN_SET
 
 ID_LENGTH = 12
 COMPACT = (",", ":")
@@ -75,11 +76,29 @@ def train_identity(train: Any) -> dict[str, Any]:
 
 
 def method_identity(method: Any) -> dict[str, Any]:
-    """The method's options as the run_id hashes them: every field except the per-pair tables added after runs
-    were already stored (`metadata={"identity": False}`); they are resolved into plain options before a run,
-    so leaving them out keeps every existing run_id."""
+    """The method's options as the run_id hashes them. A field's `metadata["identity"]` says how it enters:
+    - True (no metadata): always.
+    - False: never. The per-pair tables added after runs were already stored; they are resolved into plain
+      options before a run, so leaving them out keeps every existing run_id.
+    - "when_set": only when its value differs from the field's default. For an option added to a method after
+      runs of it were stored (KD's `logit_stand`): every stored run, which ran with the default, keeps its run_id,
+      and a run that sets the option is a different run."""
     values = dataclasses.asdict(method)
-    return {f.name: values[f.name] for f in dataclasses.fields(method) if f.metadata.get("identity", True)}
+    out = {}
+    for f in dataclasses.fields(method):
+        mode = f.metadata.get("identity", True)
+        if mode is False or (mode == WHEN_SET and values[f.name] == _default(f)):
+            continue
+        out[f.name] = values[f.name]
+    return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"method option {f.name!r} is marked identity={WHEN_SET!r} but has no default")
 
 
 def run_id(semantic: dict[str, Any]) -> str:
