@@ -102,7 +102,8 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
     return _ScaledGradient.apply(x, scale)
 
 
-@register_method("ctkd", CTKDConfig)
+@register_method("ctkd", CTKDConfig, paper="Li et al., AAAI 2023", year=2023,
+                 code="zhengli97/CTKD: models/temp_global.py")
 class CTKD(Distiller):
     """KD at a learnt global temperature, trained against the student through a scheduled gradient reversal."""
 

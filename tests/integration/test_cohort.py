@@ -27,14 +27,14 @@ from oracle_kd.models import build_model
 BASE = TINY_RUN
 # One member per registered method on the tiny pair (the test list is the registry's), with the options that keep
 # it cheap; KED distils explaining models and MLKD reads a second view of each batch, so each has cohort tests of
-# its own. Then what varies within a method: Oracle's γ (one Step-A pass per γ) and the members with state of their
-# own: CRD's memory bank (buffers), DOT's two momentum buffers (optimizer state).
+# its own. Then what varies within a method: Oracle's γ (one Step-A pass per γ), logit standardisation, and the
+# members with state of their own: CRD's memory bank (buffers), DOT's two momentum buffers (optimizer state).
 CHEAP = {"crd": ["method.negatives=128"]}
 OWN_COHORT_TESTS = {"ked", "mlkd"}
 STATEFUL = [["method=crd", *CHEAP["crd"]], ["method=kd", "train.optimizer=dot"],
             ["method=crd", *CHEAP["crd"], "train.optimizer=dot"]]
 MEMBERS = ([[f"method={m}", *CHEAP.get(m, [])] for m in available_methods() if m not in OWN_COHORT_TESTS]
-           + [["method=oracle", "method.gamma=0.2"]] + STATEFUL[1:])
+           + [["method=oracle", "method.gamma=0.2"], ["method=kd", "method.logit_stand=true"]] + STATEFUL[1:])
 SOME = [["method=kd"], ["method=sad"], ["method=oracle"], ["method=oracle", "method.gamma=0.2"]]  # the faults need
 # not every member: KD, SAD and two Oracle γ (which share the teacher's Step-A input gradient) show them
 
