@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 PRESETS = {"quick": ([], 7), "demo": (["seed=0"], 10), "teachers": (["dataset=cifar10"], 4),
            "table4": (["dataset=cifar100", "teacher=resnet20"], 6), "fig5_pairs": (["method=oracle_paper"], 16),
            "gamma_grid": (["teacher=resnet56"], 6), "table5": (["method=kd"], 4),
-           "crd_benchmark": (["method=kd"], 11), "ked": (["seed=0"], 32), "ked_digits": (["seed=0"], 20)}
+           "crd_benchmark": (["pair=res32x4_shuv2"], 20), "lskd": (["pair=res32x4_shuv2"], 8), "ked": (["seed=0"], 32),
+           "ked_digits": (["seed=0"], 20)}
 
 PLAN_ALL = """
 import contextlib, io, json, sys
