@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from oracle_kd.cli import compose, main
+from oracle_kd.methods import methods_in_table_order
 from oracle_kd.tasks.bench import cohort, report
 from oracle_kd.tasks.bench import config as bench_config
 
@@ -34,6 +35,10 @@ def test_presets_are_the_cohorts_asked_for():
         (m, s) for s in ("resnet20", "resnet32") for m in methods]
     assert [dict(m.overrides)["gamma"] for m in p["gamma_grid"].members] == [0, 0.1, 0.2, 0.5, 1, 2]
     assert {q.teacher for q in p.values()} == {"resnet56"}
+    # the registry's list: every method with a teacher on plain models and one view (not KED's explaining models,
+    # not MLKD's second view), so a new method joins it by being registered
+    assert [m.method for m in p["benchmark"].members] == [
+        m for m in methods_in_table_order() if m not in ("ce", "ked", "mlkd")]
     assert (p["quick"].dataset, p["quick"].pad, p["quick"].flip) == ("digits", 1, False)
 
 

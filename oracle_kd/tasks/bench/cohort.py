@@ -41,7 +41,7 @@ from oracle_kd.engine.hardware import apply_hardware, autocast, prepare_model, p
 from oracle_kd.engine.state import seed_everything
 from oracle_kd.engine.step import make_optimizer, train_step
 from oracle_kd.errors import require
-from oracle_kd.methods import Distiller, MethodConfig, build_distiller, method_entry
+from oracle_kd.methods import Distiller, MethodConfig, build_distiller, method_entry, methods_in_table_order
 from oracle_kd.models import build_model
 from oracle_kd.tasks.bench.flops import step_flops
 from oracle_kd.tasks.bench.measure import Part, PeakMemory, measure
@@ -87,6 +87,7 @@ class Preset:
 
 
 _GRID_METHODS = ("dkd", "at", "fitnet", "kd", "sad", "oracle")
+EXPLAINING_ONLY = ("ked",)  # distils superfeature-explaining models, not a plain pair
 PRESETS: dict[str, Preset] = {
     "quick": Preset("resnet56", tuple(MemberSpec(m, "resnet20") for m in
                                       ("ce", "kd", "dkd", "at", "fitnet", "sad", "oracle")),
@@ -99,6 +100,11 @@ PRESETS: dict[str, Preset] = {
     # OFD's own batch-statistics teacher pass on the unfolded teacher (nothing shared but the batch)
     "seams": Preset("resnet56", tuple(MemberSpec(m, "resnet20") for m in ("kd", "crd", "ofd", "oracle")),
                     dataset="cifar100"),
+    # every registered method that distils plain models from one view (the registry's list, in its table order):
+    # what a cohort of the CRD benchmark's pair costs against its runs one by one
+    "benchmark": Preset("resnet56", tuple(MemberSpec(m, "resnet20") for m in methods_in_table_order()
+                                          if m not in EXPLAINING_ONLY and method_entry(m)[0].needs_teacher
+                                          and not method_entry(m)[0].views), dataset="cifar100"),
 }
 
 

@@ -36,7 +36,7 @@ class BenchConfig:
     reference=false times only this runner; flops=false skips the FLOP count and the matmul-rate probe.
     out_dir: where the CSV goes (default <results_dir>/bench). concurrent: run counts k; for each, k processes
     train the first pair x method at once and the aggregate images/s is recorded
-    (oracle_kd/tasks/bench/concurrency.py). cohorts: preset names (quick, fig5_slice, gamma_grid, seams); when
+    (oracle_kd/tasks/bench/concurrency.py). cohorts: preset names (quick, fig5_slice, gamma_grid, seams, benchmark); when
     given, only the cohort comparison runs: aggregate student images/s of each preset's runs trained together
     as a cohort against the same runs one after another (oracle_kd/tasks/bench/cohort.py; synthetic_images
     sizes its synthetic presets); pairs, methods, dataset, workers, reference and concurrent do not apply to it."""
