@@ -14,8 +14,11 @@ Both are cross-entropies, so the loss at student == teacher is the teachers' ent
 student's non-target logits the minimum is there (Gibbs' inequality), at T²·H(p̂_t).
 
 Reference followed: cls_KD's `NKDLoss`, the authors' own code for the paper. The mdistiller-format copy in
-shicaiwei123/SDD-CVPR2024 (`mdistiller/distillers/nkd.py`) is not followed: its mask scatters 1 instead of 0, so its
+shicaiwei123/SDD-CVPR2024 (`mdistiller/distillers/nkd.py`) is not the default: its mask scatters 1 instead of 0, so its
 "non-target" set still holds the target class, and it adds a DKD-style warm-up of the loss that NKD does not have.
+Its NKD rows (as a baseline of SDD) were made with it, so it is an option: `keep_target=true` (the second term over
+every class) and `warmup=20` (both terms times min(epoch/20, 1), 1-based epochs); `method=nkd_sdd` sets them with
+the copy's fixed T 1 and γ 1.5.
 Kept from the reference: the target term at T = 1 whatever `temperature` is, the soft cross-entropy (no teacher
 entropy subtracted), T² on the non-target term only, CE at weight 1 beside it. Changed, same numbers: every
 log-probability comes from one log_softmax (taking log of a softmax gives −inf, then NaN, once a probability
@@ -51,24 +54,29 @@ class NKDConfig(MethodConfig):
     name: str = "nkd"
     gamma: float = 3.5
     temperature: float = 3.0
+    keep_target: bool = False  # True: SDD's copy, whose "non-target" term runs over every class
+    warmup: int = 0  # SDD's copy: 20 (both NKD terms ramp over the first epochs); 0 = none, as cls_KD
 
     def validate(self) -> None:
         super().validate()
         require(self.gamma >= 0, "method.gamma", self.gamma, "must be >= 0")
         require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
+        require(self.warmup >= 0, "method.warmup", self.warmup, "must be >= 0 (0 = no warm-up)")
 
 
 def nkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+              temperature: float, keep_target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Unweighted (target, non_target): −mean p_t[y]·log p_s[y] at T = 1 and T²·the soft cross-entropy of the
-    renormalised non-target distributions at T, in fp32 at least. Needs at least 2 classes."""
+    renormalised non-target distributions at T, in fp32 at least. Needs at least 2 classes. `keep_target`: the
+    second term over every class, as SDD's copy computes it."""
     s, t, tau = at_least_fp32(student_logits), at_least_fp32(teacher_logits), float(temperature)
     y = target.view(-1, 1)
     log_p_s_y = F.log_softmax(s, dim=1).gather(1, y)
     p_t_y = torch.softmax(t, dim=1).gather(1, y)
     target_term = -(p_t_y * log_p_s_y).mean()
-    log_q_s = F.log_softmax(_non_target(s, target) / tau, dim=1)
-    q_t = torch.softmax(_non_target(t, target) / tau, dim=1)
+    rest_s, rest_t = (s, t) if keep_target else (_non_target(s, target), _non_target(t, target))
+    log_q_s = F.log_softmax(rest_s / tau, dim=1)
+    q_t = torch.softmax(rest_t / tau, dim=1)
     non_target = -(q_t * log_q_s).sum(dim=1).mean() * (tau * tau)
     return target_term, non_target
 
@@ -85,9 +93,10 @@ class NKD(Distiller):
         x, y = batch
         t_logits, _ = self.teacher_out(batch, teacher_out)
         s_logits, _ = self.student(x)
-        target_term, non_target = nkd_terms(s_logits, t_logits, y, self.cfg.temperature)
+        target_term, non_target = nkd_terms(s_logits, t_logits, y, self.cfg.temperature, self.cfg.keep_target)
+        w = 1.0 if self.cfg.warmup == 0 else min(epoch / self.cfg.warmup, 1.0)
         return s_logits, {
             "ce": self.ce_loss(s_logits, y),
-            "target": target_term,
-            "non_target": self.cfg.gamma * non_target,
+            "target": w * target_term,
+            "non_target": w * self.cfg.gamma * non_target,
         }

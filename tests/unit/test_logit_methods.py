@@ -338,6 +338,27 @@ def test_nkd_method_terms_are_the_functions_times_the_weights(tiny_net):
     torch.testing.assert_close(terms["non_target"], 1.5 * non_target)
 
 
+
+def test_the_sdd_copy_option_keeps_the_target_in_the_second_term_and_ramps_both(tiny_net):
+    """SDD-CVPR2024's copy: its mask scatters 1, so its "non-target" softmax runs over every class; both terms are
+    scaled by min(epoch/20, 1). The option reproduces that formula (float64), and method=nkd_sdd its fixed values."""
+    from oracle_kd.cli import compose
+
+    s, t = _random((8, 10), 21), _random((8, 10), 22)
+    y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(23))
+    target, every_class = nkd_terms(s, t, y, 1.0, keep_target=True)
+    label = y.view(-1, 1)
+    want_t = -(torch.softmax(t, 1).gather(1, label) * torch.log_softmax(s, 1).gather(1, label)).mean()
+    want_non = -(torch.softmax(t, 1) * torch.log_softmax(s, 1)).sum(1).mean()  # the whole row: target kept
+    torch.testing.assert_close((target, every_class), (want_t, want_non), rtol=1e-12, atol=0)
+    assert every_class.item() != pytest.approx(nkd_terms(s, t, y, 1.0)[1].item(), rel=1e-3)
+    cfg = compose(["method=nkd_sdd"]).method
+    assert (cfg.keep_target, cfg.warmup, cfg.temperature, cfg.gamma) == (True, 20, 1.0, 1.5)
+    terms, s, t, y = _step_of(cfg, tiny_net)
+    target, every_class = nkd_terms(s, t, y, 1.0, keep_target=True)
+    torch.testing.assert_close(terms["target"], target / 20)  # epoch 1 of a 20-epoch warm-up
+    torch.testing.assert_close(terms["non_target"], 1.5 * every_class / 20)
+
 # ================================================================ configs
 
 @pytest.mark.parametrize("cfg, needle", [
