@@ -36,7 +36,7 @@ def error_line(capsys, argv, tmp_path) -> str:
     (["method=kd", "method.temperature=0"], "method.temperature=0.0 must be > 0"),
     (["method=oracle", "method.gamma=abc"], "method.gamma='abc': wrong type, expected float"),
     (["method=oracle", "method.gamam=0.5"],
-     "unknown key 'method.gamam'; method accepts: alpha, ce_weight, ce_weight_by_teacher, gamma,"),
+     "unknown key 'method.gamam'; method accepts: alpha, alpha_by_pair, ce_weight, ce_weight_by_teacher, gamma,"),
     (["method=ce", "method.gamma=0.5"], "unknown key 'method.gamma'; method accepts: ce_weight, ce_weight_by_teacher, name"),
     (["train.epochs=0"], "train.epochs=0 must be >= 1"),
     (["hardware.precision=fp8"], "hardware.precision='fp8' is not one of: fp32, bf16"),

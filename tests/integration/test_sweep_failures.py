@@ -33,10 +33,18 @@ def only_our_line(out: str, err: str) -> str:
 
 
 def test_an_impossible_job_is_our_line_alone(tmp_path, capfd):
+    code, out, err = sweep(tmp_path / "runs", capfd, "method=kd", "train.lr=0.1,-1", "train.epochs=1")
+    assert code == 2
+    assert "train.lr" in only_our_line(out, err)
+    assert len(list((tmp_path / "runs").glob("digits/kd/*/*/result.json"))) == 1
+
+
+def test_a_pair_its_method_refuses_is_a_skipped_cell_not_a_failure(tmp_path, capfd):
     # an MLP teacher has 2 stages after its input, resnet8 3: AT cannot pair them, KD can
     code, out, err = sweep(tmp_path / "runs", capfd, "method=kd,at", "teacher=mlp16", "train.epochs=1")
-    assert code == 2
-    assert "teacher has 2 stages and the student 3" in only_our_line(out, err)
+    assert code == 0 and not [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "a pair its method refuses: method='at' pairs stage outputs one to one" in out + err
+    assert HYDRA_LINE not in out + err and "Traceback" not in out + err
     assert len(list((tmp_path / "runs").glob("digits/kd/*/*/result.json"))) == 1
 
 
