@@ -66,3 +66,8 @@ def test_the_console_summary_splits_a_method_by_its_varying_options_never_pools_
     rows = {" ".join(ln.split()[3:-4]): ln.split()[-4:] for ln in lines[1:]}
     assert rows == {"kd": ["2", "96.25", "±", "0.35"], "oracle gamma=0.1": ["2", "96.50", "±", "0.71"],
                     "oracle gamma=2": ["2", "97.50", "±", "0.71"]}  # alpha is the same everywhere: not shown
+    # the same method under two recipes (KD with SGD and with DOT) is two lines, each with its recipe
+    two = runs.assign(recipe=["quick · 12 ep", "quick · 12 ep · dot", "quick · 12 ep", "quick · 12 ep", "quick · 12 ep",
+                              "quick · 12 ep"])
+    kd = [ln for ln in summary_text(two, "best").splitlines() if " kd " in ln]
+    assert len(kd) == 2 and any("dot" in ln and " 1 " in ln and "96.50" in ln for ln in kd)

@@ -304,13 +304,15 @@ def oracle_teacher(roots: Iterable[str | Path]) -> pd.DataFrame:
 
 def summary_text(df: pd.DataFrame, metric: str) -> str:
     """A compact console table: mean ± std over seeds per dataset/teacher/student/method, a method's runs split by
-    the options that differ among them (e.g. `oracle gamma=0.1`, `oracle gamma=2`), never pooled."""
+    the options that differ among them (e.g. `oracle gamma=0.1`, `oracle gamma=2`) and, where the runs shown used
+    several recipes (KD with SGD and with DOT), by recipe: never pooled."""
     if df.empty:
         return "no finished runs"
     df = df.assign(method=method_labels(df))
     regimes = ["regime"] if "regime" in df.columns and (df["regime"] != "all").any() else []  # scarce-data runs
-    stats = _agg(df, ["dataset", *regimes, "teacher", "student", "method"], metric)
+    recipes = ["recipe"] if "recipe" in df.columns and df["recipe"].nunique() > 1 else []
+    stats = _agg(df, ["dataset", *regimes, *recipes, "teacher", "student", "method"], metric)
     stats = _order(stats)
     stats[metric_label(metric)] = [f"{m:.2f} ± {s:.2f}" for m, s in zip(stats["mean"], stats["std"])]
-    cols = ["dataset", *regimes, "teacher", "student", "method", "n_seeds", metric_label(metric)]
+    cols = ["dataset", *regimes, *recipes, "teacher", "student", "method", "n_seeds", metric_label(metric)]
     return stats[cols].to_string(index=False)
