@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from oracle_kd.config import RunConfig, validate
 from oracle_kd.engine.cohort import describe, group_cohorts
-from oracle_kd.engine.teacher import needs_teacher, teacher_run_config
+from oracle_kd.engine.teacher import identify, needs_teacher, teacher_run_config
 from oracle_kd.engine.trainer import run_cohort, run_status
 from oracle_kd.errors import OracleKDError, PairRefused, TrainingError, require
 
@@ -38,7 +38,10 @@ def _raising(exc: BaseException) -> TaskFn:
 
 def print_plan(rcs: list[RunConfig], max_members: int | None, refused: int = 0) -> None:
     """The teachers a sweep trains first, then its cohorts with their members' methods and students, then the
-    totals (runs, cohorts, and the `refused` jobs whose method cannot distil their pair)."""
+    totals (runs, cohorts, and the `refused` jobs whose method cannot distil their pair). Jobs that name the same run
+    (the plain `ce` student of two pairs with one student) count once, as they train once."""
+    jobs = len(rcs)
+    rcs = list({identify(rc)[1]: rc for rc in rcs}.values())
     teachers = {}
     for rc in rcs:
         if needs_teacher(rc) and rc.teacher.checkpoint == "auto":
@@ -57,6 +60,8 @@ def print_plan(rcs: list[RunConfig], max_members: int | None, refused: int = 0) 
               + ", ".join(f"{name} x{n}" for name, n in sorted(methods.items())) + "; students " + ", ".join(students),
               flush=True)
     skipped = f"; {refused} job(s) skipped, their method refuses the pair (said above)" if refused else ""
+    if jobs > len(rcs):
+        skipped += f"; {jobs - len(rcs)} job(s) name a run another job names (trained once)"
     print(f"plan total: {len(rcs)} runs in {len(groups)} cohort(s) after {len(teachers)} teacher run(s){skipped}",
           flush=True)
 
