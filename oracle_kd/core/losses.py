@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +41,19 @@ def standardize(logits: torch.Tensor) -> torch.Tensor:
 def pool_to(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Adaptive-average-pool a (B, C, H, W) map to `size` (no-op when it already has that size)."""
     return f if tuple(f.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(f, size)
+
+
+def require_pairs(method: str, student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> None:
+    """A loss over paired maps needs as many student maps as teacher maps, and at least one (ValueError)."""
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(f"{method} needs the same, non-zero number of student and teacher maps, "
+                         f"got {len(student_feats)} and {len(teacher_feats)}")
+
+
+def to_common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both maps at the smaller one's (H, W): the larger is average-pooled (mdistiller's rule for AT, NST and VID)."""
+    size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
+    return pool_to(f_s, size), pool_to(f_t, size)
 
 
 def attention_map(f: torch.Tensor, p: float = 2.0) -> torch.Tensor:

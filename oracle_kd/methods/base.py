@@ -19,7 +19,7 @@ from torch import nn
 from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import PLAIN, TeacherInput, TeacherOut, teacher_outputs
-from oracle_kd.errors import require
+from oracle_kd.errors import ConfigError, require
 
 PAIR_TABLE = "_by_pair"  # the suffix of a per-pair table's field: `<option>_by_pair`
 # metadata={"identity": WHEN_SET}: an option added after runs were stored, part of a run's identity only when it is not
@@ -213,3 +213,43 @@ class Distiller(nn.Module, metaclass=abc.ABCMeta):
         """One training step's forward on a `Batch` (x, y, index, key): (student logits, {loss name: scalar
         tensor}), losses in fp32. `teacher_out`: teacher(teacher_input()) when the engine computed it (read it
         via `teacher_out()`)."""
+
+
+def paired_stage_shapes(method: str, student: nn.Module, teacher: nn.Module,
+                        input_shape: tuple[int, ...]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """(C, H, W) of each stage output after the stem (`Features.stages[1:]`), student's and teacher's, from
+    eval-mode shape probes that leave the run's RNG stream where it was. A pair with different stage counts
+    cannot be matched one to one: ConfigError naming the method."""
+    with torch.random.fork_rng(devices=[]):
+        s_stages = probe_features(student, input_shape)[1].stages[1:]
+        t_stages = probe_features(teacher, input_shape)[1].stages[1:]
+    if len(s_stages) != len(t_stages) or not s_stages:
+        raise ConfigError(f"method={method}: pairs stage outputs one to one, but the teacher has {len(t_stages)} "
+                          f"stages and the student {len(s_stages)}; pick models with as many stages")
+    return [tuple(f.shape[1:]) for f in s_stages], [tuple(f.shape[1:]) for f in t_stages]
+
+
+class StagePairs(Distiller):
+    """A method whose term compares each stage output after the stem of the student with the teacher's, one to one
+    (`Features.stages[1:]`: AT, NST, KDSVD, VID). A pair whose stage counts differ is refused when the method is
+    built; `stage_shapes` holds the probed (C, H, W) lists (student's, teacher's) for methods that size extras by
+    them. The term is logged under the method's name."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: MethodConfig,
+                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
+        super().__init__(student, teacher, cfg, input_shape, data)
+        self.stage_shapes = None
+        if self.input_shape is not None and teacher is not None:  # an unmatched pair fails at build time
+            self.stage_shapes = paired_stage_shapes(cfg.name, student, teacher, self.input_shape)
+
+    @abc.abstractmethod
+    def stage_term(self, student_stages: list[torch.Tensor], teacher_stages: list[torch.Tensor]) -> torch.Tensor:
+        """The method's weighted term on the paired stage outputs."""
+
+    def forward_train(self, batch: Batch, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
+        _, t_feats = self.teacher_out(batch, teacher_out)
+        s_logits, s_feats = self.student(x)
+        return s_logits, {"ce": self.ce_loss(s_logits, y),
+                          self.cfg.name: self.stage_term(s_feats.stages[1:], t_feats.stages[1:])}

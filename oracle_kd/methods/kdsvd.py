@@ -48,14 +48,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from oracle_kd.core.batch import Batch, DataInfo
+from oracle_kd.core.losses import require_pairs, to_common_size
 from oracle_kd.core.precision import at_least_fp32
-from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
-from oracle_kd.methods.nst import paired_stage_shapes, to_common_size
+from oracle_kd.methods.base import MethodConfig, StagePairs
 from oracle_kd.methods.registry import register_method
 
 RBF_SCALE = 8.0  # the reference's exp(−d² / 8)
@@ -113,9 +110,7 @@ def rbf(v: torch.Tensor, v_before: torch.Tensor) -> torch.Tensor:
 
 def kdsvd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], k: int = 1) -> torch.Tensor:
     """Σ over consecutive stage pairs of Σ (R^s − R^t)² / B (B: the batch size), in fp32 with autocast off."""
-    if len(student_feats) != len(teacher_feats) or not student_feats:
-        raise ValueError(f"KDSVD needs the same, non-zero number of student and teacher maps, "
-                         f"got {len(student_feats)} and {len(teacher_feats)}")
+    require_pairs("KDSVD", student_feats, teacher_feats)
     device = student_feats[0].device
     total = torch.zeros((), device=device)
     before: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -138,23 +133,10 @@ def kdsvd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[to
 
 @register_method("kdsvd", KDSVDConfig, paper="Lee, Kim, Song, ECCV 2018", year=2018,
                  code="megvii-research/mdistiller: mdistiller/distillers/KDSVD.py")
-class KDSVD(Distiller):
+class KDSVD(StagePairs):
     """Feature distillation on the relations between consecutive stages' leading singular vectors (`stages[1:]`)."""
 
     cfg: KDSVDConfig
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: KDSVDConfig,
-                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
-        super().__init__(student, teacher, cfg, input_shape, data)
-        if self.input_shape is not None and teacher is not None:  # an unmatched pair fails at build time
-            paired_stage_shapes("kdsvd", student, teacher, self.input_shape)
-
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "kdsvd": self.cfg.weight * kdsvd_loss(s_feats.stages[1:], t_feats.stages[1:], self.cfg.k),
-        }
+    def stage_term(self, student_stages: list[torch.Tensor], teacher_stages: list[torch.Tensor]) -> torch.Tensor:
+        return self.cfg.weight * kdsvd_loss(student_stages, teacher_stages, self.cfg.k)

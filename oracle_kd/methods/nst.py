@@ -33,14 +33,11 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from oracle_kd.core.batch import Batch, DataInfo
-from oracle_kd.core.losses import pool_to
+from oracle_kd.core.losses import require_pairs, to_common_size
 from oracle_kd.core.precision import at_least_fp32
-from oracle_kd.core.teacher_view import TeacherOut
-from oracle_kd.errors import ConfigError, require
-from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
+from oracle_kd.errors import require
+from oracle_kd.methods.base import MethodConfig, StagePairs
 from oracle_kd.methods.registry import register_method
 
 
@@ -54,26 +51,6 @@ class NSTConfig(MethodConfig):
     def validate(self) -> None:
         super().validate()
         require(self.weight >= 0, "method.weight", self.weight, "must be >= 0")
-
-
-def paired_stage_shapes(method: str, student: nn.Module, teacher: nn.Module,
-                        input_shape: tuple[int, ...]) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
-    """(C, H, W) of each stage output after the stem (`Features.stages[1:]`), student's and teacher's, from
-    eval-mode shape probes that leave the run's RNG stream where it was. A pair with different stage counts
-    cannot be matched one to one: ConfigError naming the method."""
-    with torch.random.fork_rng(devices=[]):
-        s_stages = probe_features(student, input_shape)[1].stages[1:]
-        t_stages = probe_features(teacher, input_shape)[1].stages[1:]
-    if len(s_stages) != len(t_stages) or not s_stages:
-        raise ConfigError(f"method={method}: pairs stage outputs one to one, but the teacher has {len(t_stages)} "
-                          f"stages and the student {len(s_stages)}; pick models with as many stages")
-    return [tuple(f.shape[1:]) for f in s_stages], [tuple(f.shape[1:]) for f in t_stages]
-
-
-def to_common_size(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both maps at the smaller one's (H, W): the larger is average-pooled (mdistiller's rule for NST and VID)."""
-    size = (min(f_s.shape[-2], f_t.shape[-2]), min(f_s.shape[-1], f_t.shape[-1]))
-    return pool_to(f_s, size), pool_to(f_t, size)
 
 
 def channel_distributions(f: torch.Tensor) -> torch.Tensor:
@@ -102,9 +79,7 @@ def poly_mmd(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 
 def nst_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Σ over paired (B, C, H, W) maps of MMD²_poly, each pair first brought to the smaller map's size."""
-    if len(student_feats) != len(teacher_feats) or not student_feats:
-        raise ValueError(f"NST needs the same, non-zero number of student and teacher maps, "
-                         f"got {len(student_feats)} and {len(teacher_feats)}")
+    require_pairs("NST", student_feats, teacher_feats)
     with torch.autocast(student_feats[0].device.type, enabled=False):
         total = torch.zeros((), device=student_feats[0].device)
         for f_s, f_t in zip(student_feats, teacher_feats):
@@ -114,23 +89,10 @@ def nst_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torc
 
 @register_method("nst", NSTConfig, paper="Huang & Wang, arXiv 2017", year=2017,
                  code="megvii-research/mdistiller: mdistiller/distillers/NST.py")
-class NST(Distiller):
+class NST(StagePairs):
     """Feature distillation on the per-channel spatial distributions of the stage outputs (`stages[1:]`)."""
 
     cfg: NSTConfig
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: NSTConfig,
-                 input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
-        super().__init__(student, teacher, cfg, input_shape, data)
-        if self.input_shape is not None and teacher is not None:  # an unmatched pair fails at build time
-            paired_stage_shapes("nst", student, teacher, self.input_shape)
-
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "nst": self.cfg.weight * nst_loss(s_feats.stages[1:], t_feats.stages[1:]),
-        }
+    def stage_term(self, student_stages: list[torch.Tensor], teacher_stages: list[torch.Tensor]) -> torch.Tensor:
+        return self.cfg.weight * nst_loss(student_stages, teacher_stages)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from oracle_kd.core.batch import Batch
+from oracle_kd.core.losses import require_pairs
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
@@ -41,9 +42,7 @@ def similarity(f: torch.Tensor) -> torch.Tensor:
 
 def sp_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
     """Σ over paired maps of ‖Ĝ_s − Ĝ_t‖_F² / B² (B: the batch size)."""
-    if len(student_feats) != len(teacher_feats) or not student_feats:
-        raise ValueError(f"SP needs the same, non-zero number of student and teacher maps, "
-                         f"got {len(student_feats)} and {len(teacher_feats)}")
+    require_pairs("SP", student_feats, teacher_feats)
     total = torch.zeros((), device=student_feats[0].device)
     for f_s, f_t in zip(student_feats, teacher_feats):
         b = f_s.shape[0]

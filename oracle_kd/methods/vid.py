@@ -38,12 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oracle_kd.core.batch import Batch, DataInfo
+from oracle_kd.core.batch import DataInfo
+from oracle_kd.core.losses import to_common_size
 from oracle_kd.core.precision import at_least_fp32
-from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
-from oracle_kd.methods.nst import paired_stage_shapes, to_common_size
+from oracle_kd.methods.base import MethodConfig, StagePairs
 from oracle_kd.methods.registry import register_method
 
 
@@ -99,7 +98,7 @@ def vid_loss(regressors: Sequence[nn.Module], variances: Sequence[torch.Tensor],
 
 @register_method("vid", VIDConfig, paper="Ahn, Hu, Damianou, Lawrence, Dai, CVPR 2019", year=2019,
                  code="HobbitLong/RepDistiller: distiller_zoo/VID.py")
-class VID(Distiller):
+class VID(StagePairs):
     """Per stage, a regressor and per-channel variances that train with the student (the variances only with
     `train_variance`); both are extras of the method, saved with the student."""
 
@@ -108,9 +107,9 @@ class VID(Distiller):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, cfg: VIDConfig,
                  input_shape: tuple[int, ...] | None = None, data: DataInfo | None = None) -> None:
         super().__init__(student, teacher, cfg, input_shape, data)
-        if self.input_shape is None or teacher is None:
+        if self.stage_shapes is None:
             raise ValueError("vid sizes its regressors from a shape probe: pass input_shape and a teacher")
-        s_shapes, t_shapes = paired_stage_shapes("vid", student, teacher, self.input_shape)
+        s_shapes, t_shapes = self.stage_shapes
         p = next(student.parameters())  # the extras on the student's device, in its dtype (fp64 in an fp64 run)
         self.regressors = nn.ModuleList(vid_regressor(s[0], t[0]) for s, t in zip(s_shapes, t_shapes))
         self.regressors.to(device=p.device, dtype=p.dtype)
@@ -129,10 +128,5 @@ class VID(Distiller):
                   else [getattr(self, f"fixed_log_scale_{i}") for i in range(len(self.regressors))])
         return [F.softplus(at_least_fp32(a)) + self.cfg.eps for a in alphas]
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        nll = vid_loss(self.regressors, self.variances(), s_feats.stages[1:], t_feats.stages[1:])
-        return s_logits, {"ce": self.ce_loss(s_logits, y), "vid": self.cfg.weight * nll}
+    def stage_term(self, student_stages: list[torch.Tensor], teacher_stages: list[torch.Tensor]) -> torch.Tensor:
+        return self.cfg.weight * vid_loss(self.regressors, self.variances(), student_stages, teacher_stages)

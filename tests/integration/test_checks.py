@@ -11,7 +11,7 @@ from oracle_kd.cli import main
 
 CASES = {
     "at-stage-counts": (["method=at", "teacher=resnet18", "student=resnet20"],
-                        "method='at' pairs stage outputs one to one, but the teacher has 4 stages and the student 3"),
+                        "method=at: pairs stage outputs one to one, but the teacher has 4 stages and the student 3"),
     "fitnet-hint-stage": (["method=fitnet", "method.hint_stage=9"], "method.hint_stage=9 must be < 4"),
     "ofd-linear-bottleneck": (["method=ofd", "student=mobilenetv2"],
                               "method=ofd: student MobileNetV2 has no pre-ReLU stage maps"),

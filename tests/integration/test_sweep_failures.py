@@ -43,7 +43,7 @@ def test_a_pair_its_method_refuses_is_a_skipped_cell_not_a_failure(tmp_path, cap
     # an MLP teacher has 2 stages after its input, resnet8 3: AT cannot pair them, KD can
     code, out, err = sweep(tmp_path / "runs", capfd, "method=kd,at", "teacher=mlp16", "train.epochs=1")
     assert code == 0 and not [line for line in err.splitlines() if line.startswith("error: ")]
-    assert "a pair its method refuses: method='at' pairs stage outputs one to one" in out + err
+    assert "a pair its method refuses: method=at: pairs stage outputs one to one" in out + err
     assert HYDRA_LINE not in out + err and "Traceback" not in out + err
     assert len(list((tmp_path / "runs").glob("digits/kd/*/*/result.json"))) == 1
 
