@@ -229,7 +229,24 @@ def paired_stage_shapes(method: str, student: nn.Module, teacher: nn.Module,
     return [tuple(f.shape[1:]) for f in s_stages], [tuple(f.shape[1:]) for f in t_stages]
 
 
-class StagePairs(Distiller):
+class TermsDistiller(Distiller):
+    """A method whose step is the common one: the teacher's outputs on `teacher_input()` (the engine's shared pass, or
+    its own), the student's on x, CE, then the method's own `terms` of the two (KD, DKD, DIST, the feature methods, ...).
+    Methods that step otherwise (a second view, their own teacher pass, no teacher) implement `forward_train`."""
+
+    @abc.abstractmethod
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        """The method's named, weighted loss terms beside CE, from (logits, Features) of the student and the teacher."""
+
+    def forward_train(self, batch: Batch, epoch: int,
+                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher = self.teacher_out(batch, teacher_out)
+        student = self.student(batch.x)
+        terms = self.terms(student, teacher, batch, epoch)  # before CE: the order autograd accumulates gradients in
+        return student[0], {"ce": self.ce_loss(student[0], batch.y), **terms}
+
+
+class StagePairs(TermsDistiller):
     """A method whose term compares each stage output after the stem of the student with the teacher's, one to one
     (`Features.stages[1:]`: AT, NST, KDSVD, VID). A pair whose stage counts differ is refused when the method is
     built; `stage_shapes` holds the probed (C, H, W) lists (student's, teacher's) for methods that size extras by
@@ -246,10 +263,5 @@ class StagePairs(Distiller):
     def stage_term(self, student_stages: list[torch.Tensor], teacher_stages: list[torch.Tensor]) -> torch.Tensor:
         """The method's weighted term on the paired stage outputs."""
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        return s_logits, {"ce": self.ce_loss(s_logits, y),
-                          self.cfg.name: self.stage_term(s_feats.stages[1:], t_feats.stages[1:])}
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        return {self.cfg.name: self.stage_term(student[1].stages[1:], teacher[1].stages[1:])}

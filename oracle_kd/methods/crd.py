@@ -30,7 +30,7 @@ from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import choice, require
-from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
+from oracle_kd.methods.base import MethodConfig, TermsDistiller, probe_features
 from oracle_kd.methods.registry import register_method
 
 MODES = ("exact", "relax")
@@ -128,7 +128,7 @@ class ContrastMemory(nn.Module):
 
 @register_method("crd", CRDConfig, paper="Tian, Krishnan, Isola, ICLR 2020", year=2020,
                  code="megvii-research/mdistiller: mdistiller/distillers/CRD.py")
-class CRD(Distiller):
+class CRD(TermsDistiller):
     """Contrastive representation distillation on the pooled features; see the module docstring."""
 
     cfg: CRDConfig
@@ -149,17 +149,14 @@ class CRD(Distiller):
         self.memory = ContrastMemory(cfg.embed_dim, data.num_train, cfg.temperature, cfg.momentum).to(device)
         self.register_buffer("labels", data.train_labels.to(device), persistent=False)
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         if batch.index is None:
             raise ValueError("crd reads each sample's index in the training split: the batch has none")
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(batch.x)
         contrast = draw_contrast(batch.y, batch.index, self.labels, self.cfg.negatives, self.cfg.mode,
                                  batch.generator())
         with torch.autocast(batch.x.device.type, enabled=False):  # the bank's dot products in fp32 (or fp64)
-            s = self.embed_s(at_least_fp32(s_feats.pooled))
-            t = self.embed_t(at_least_fp32(t_feats.pooled))
+            s = self.embed_s(at_least_fp32(student[1].pooled))
+            t = self.embed_t(at_least_fp32(teacher[1].pooled))
             h_s, h_t = self.memory(s, t, batch.index, contrast)
             crd = nce_loss(h_s, self.memory.num_data) + nce_loss(h_t, self.memory.num_data)
-        return s_logits, {"ce": self.ce_loss(s_logits, batch.y), "crd": self.cfg.weight * crd}
+        return {"crd": self.cfg.weight * crd}

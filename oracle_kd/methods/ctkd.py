@@ -47,7 +47,7 @@ from oracle_kd.core.losses import kd_loss
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import WHEN_SET, Distiller, MethodConfig
+from oracle_kd.methods.base import WHEN_SET, MethodConfig, TermsDistiller
 from oracle_kd.methods.kd import standardized
 from oracle_kd.methods.registry import register_method
 
@@ -104,7 +104,7 @@ def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 @register_method("ctkd", CTKDConfig, paper="Li et al., AAAI 2023", year=2023,
                  code="zhengli97/CTKD: models/temp_global.py")
-class CTKD(Distiller):
+class CTKD(TermsDistiller):
     """KD at a learnt global temperature, trained against the student through a scheduled gradient reversal."""
 
     cfg: CTKDConfig
@@ -124,14 +124,7 @@ class CTKD(Distiller):
         theta = at_least_fp32(self.theta if theta is None else theta)
         return self.cfg.t_start + self.cfg.t_end * torch.sigmoid(theta)
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        t_logits, _ = self.teacher_out(batch, teacher_out)
-        s_logits, _ = self.student(x)
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         temp = self.temperature(scale_gradient(self.theta, self.grl_scale(epoch)))
-        s, t = standardized(s_logits, t_logits, self.cfg.logit_stand)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "kd": self.cfg.alpha * kd_loss(s, t, temp),
-        }
+        s, t = standardized(student[0], teacher[0], self.cfg.logit_stand)
+        return {"kd": self.cfg.alpha * kd_loss(s, t, temp)}

@@ -32,7 +32,7 @@ from oracle_kd.core.batch import Batch
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import MethodConfig, TermsDistiller
 from oracle_kd.methods.registry import register_method
 
 # The reference's guard in ρ's denominator (|a|·|b| + EPS).
@@ -79,21 +79,13 @@ def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 @register_method("dist", DISTConfig, paper="Huang, You, Wang, Qian, Xu, NeurIPS 2022", year=2022,
                  code="hunto/image_classification_sota: lib/models/losses/dist_kd.py")
-class DIST(Distiller):
+class DIST(TermsDistiller):
     """Logit distillation by correlation, within each sample (inter-class) and within each class over the batch
     (intra-class)."""
 
     cfg: DISTConfig
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        t_logits, _ = self.teacher_out(batch, teacher_out)
-        s_logits, _ = self.student(x)
-        inter, intra = dist_terms(s_logits, t_logits, self.cfg.temperature)
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        inter, intra = dist_terms(student[0], teacher[0], self.cfg.temperature)
         w = self.cfg.kd_weight
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "inter": w * self.cfg.beta * inter,
-            "intra": w * self.cfg.gamma * intra,
-        }
+        return {"inter": w * self.cfg.beta * inter, "intra": w * self.cfg.gamma * intra}

@@ -30,7 +30,7 @@ from oracle_kd.core.losses import kd_loss
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller
+from oracle_kd.methods.base import TermsDistiller
 from oracle_kd.methods.kd import KDConfig, standardized
 from oracle_kd.methods.registry import register_method
 
@@ -88,7 +88,7 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 @register_method("dkd", DKDConfig, paper="Zhao, Cui, Song, Qiu, Liang, CVPR 2022", year=2022,
                  code="megvii-research/mdistiller: mdistiller/distillers/DKD.py")
-class DKD(Distiller):
+class DKD(TermsDistiller):
     """Logit distillation with target and non-target parts weighted separately."""
 
     cfg: DKDConfig
@@ -98,15 +98,8 @@ class DKD(Distiller):
         """min(epoch / warmup, 1) with 1-based epochs: the reference's linear ramp of the KD terms."""
         return 1.0 if self.cfg.warmup == 0 else min(epoch / self.cfg.warmup, 1.0)
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        t_logits, _ = self.teacher_out(batch, teacher_out)
-        s_logits, _ = self.student(x)
-        tckd, nckd = dkd_terms(*standardized(s_logits, t_logits, self.cfg.logit_stand), y, self.cfg.temperature)
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        tckd, nckd = dkd_terms(*standardized(student[0], teacher[0], self.cfg.logit_stand), batch.y,
+                               self.cfg.temperature)
         w = self.warmup_factor(epoch)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "tckd": w * self.cfg.alpha * tckd,
-            "nckd": w * self.cfg.beta * nckd,
-        }
+        return {"tckd": w * self.cfg.alpha * tckd, "nckd": w * self.cfg.beta * nckd}

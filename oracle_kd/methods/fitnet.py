@@ -12,7 +12,7 @@ from oracle_kd.core.batch import Batch, DataInfo
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
+from oracle_kd.methods.base import MethodConfig, TermsDistiller, probe_features
 from oracle_kd.methods.registry import register_method
 
 
@@ -59,7 +59,7 @@ def hint_regressor(s_shape: tuple[int, int, int], t_shape: tuple[int, int, int],
 
 @register_method("fitnet", FitNetConfig, paper="Romero et al., ICLR 2015", year=2015,
                  code="megvii-research/mdistiller: mdistiller/distillers/FitNet.py")
-class FitNet(Distiller):
+class FitNet(TermsDistiller):
     """Hint loss on one stage; the regressor is a submodule, so it trains with the student's optimizer and
     stays out of the saved student."""
 
@@ -80,11 +80,7 @@ class FitNet(Distiller):
         t_shape = tuple(t_feats.stages[cfg.hint_stage].shape[1:])
         self.regressor = hint_regressor(s_shape, t_shape).to(next(student.parameters()).device)
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        hint = self.regressor(s_feats.stages[self.cfg.hint_stage])
-        mse = F.mse_loss(at_least_fp32(hint), at_least_fp32(t_feats.stages[self.cfg.hint_stage]))
-        return s_logits, {"ce": self.ce_loss(s_logits, y), "hint": self.cfg.weight * mse}
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        stage = self.cfg.hint_stage
+        hint = self.regressor(student[1].stages[stage])
+        return {"hint": self.cfg.weight * F.mse_loss(at_least_fp32(hint), at_least_fp32(teacher[1].stages[stage]))}

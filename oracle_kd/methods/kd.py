@@ -22,7 +22,7 @@ from oracle_kd.core.batch import Batch
 from oracle_kd.core.losses import kd_loss, standardize
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import WHEN_SET, Distiller, MethodConfig
+from oracle_kd.methods.base import WHEN_SET, MethodConfig, TermsDistiller
 from oracle_kd.methods.registry import method_entry, register_method
 
 
@@ -64,20 +64,13 @@ def standardized(s_logits: torch.Tensor, t_logits: torch.Tensor,
 
 @register_method("kd", KDConfig, paper="Hinton, Vinyals, Dean, NIPS workshop 2015", year=2015,
                  code="HobbitLong/RepDistiller: distiller_zoo/KD.py")
-class KD(Distiller):
+class KD(TermsDistiller):
     """Response distillation from the teacher's logits on `teacher_input()` (plain x here; Oracle KD
     overrides it)."""
 
     cfg: KDConfig
     reads_logit_stand: ClassVar[bool] = True  # its loss honours cfg.logit_stand (KDConfig.validate checks it)
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        t_logits, _ = self.teacher_out(batch, teacher_out)
-        s_logits, _ = self.student(x)
-        s, t = standardized(s_logits, t_logits, self.cfg.logit_stand)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "kd": self.cfg.alpha * kd_loss(s, t, self.cfg.temperature),
-        }
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        s, t = standardized(student[0], teacher[0], self.cfg.logit_stand)
+        return {"kd": self.cfg.alpha * kd_loss(s, t, self.cfg.temperature)}

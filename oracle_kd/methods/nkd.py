@@ -41,7 +41,7 @@ from oracle_kd.core.batch import Batch
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import MethodConfig, TermsDistiller
 from oracle_kd.methods.dkd import _non_target
 from oracle_kd.methods.registry import register_method
 
@@ -83,20 +83,13 @@ def nkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 @register_method("nkd", NKDConfig, paper="Yang, Zeng, Yuan, Li, ICCV 2023", year=2023,
                  code="yzd-v/cls_KD: mmcls/models/dis_losses/nkd.py")
-class NKD(Distiller):
+class NKD(TermsDistiller):
     """Logit distillation with the target class and the renormalised non-target classes matched apart."""
 
     cfg: NKDConfig
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        t_logits, _ = self.teacher_out(batch, teacher_out)
-        s_logits, _ = self.student(x)
-        target_term, non_target = nkd_terms(s_logits, t_logits, y, self.cfg.temperature, self.cfg.keep_target)
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        target_term, non_target = nkd_terms(student[0], teacher[0], batch.y, self.cfg.temperature,
+                                            self.cfg.keep_target)
         w = 1.0 if self.cfg.warmup == 0 else min(epoch / self.cfg.warmup, 1.0)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "target": w * target_term,
-            "non_target": w * self.cfg.gamma * non_target,
-        }
+        return {"target": w * target_term, "non_target": w * self.cfg.gamma * non_target}

@@ -29,7 +29,7 @@ from oracle_kd.core.batch import Batch
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import MethodConfig, TermsDistiller
 from oracle_kd.methods.registry import register_method
 
 
@@ -66,17 +66,10 @@ def pkt_loss(student: torch.Tensor, teacher: torch.Tensor, eps: float = 1e-7) ->
 
 @register_method("pkt", PKTConfig, paper="Passalis & Tefas, ECCV 2018", year=2018,
                  code="megvii-research/mdistiller: mdistiller/distillers/PKT.py")
-class PKT(Distiller):
+class PKT(TermsDistiller):
     """Relational distillation of the batch's cosine neighbourhoods in the classifier inputs (`pooled`)."""
 
     cfg: PKTConfig
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "pkt": self.cfg.weight * pkt_loss(s_feats.pooled, t_feats.pooled, self.cfg.eps),
-        }
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        return {"pkt": self.cfg.weight * pkt_loss(student[1].pooled, teacher[1].pooled, self.cfg.eps)}

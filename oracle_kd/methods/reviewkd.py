@@ -62,7 +62,7 @@ from oracle_kd.core.features import Features
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import ConfigError, require
-from oracle_kd.methods.base import Distiller, MethodConfig, probe_features
+from oracle_kd.methods.base import MethodConfig, TermsDistiller, probe_features
 from oracle_kd.methods.registry import register_method
 
 POOL_SIZES = (4, 2, 1)  # HCL's pyramid: adaptive average pooling to k×k, coarser levels weighing half as much
@@ -191,7 +191,7 @@ def plan_levels(s_maps: list[torch.Tensor], t_maps: list[torch.Tensor]) -> list[
 
 @register_method("reviewkd", ReviewKDConfig, paper="Chen, Liu, Zhao, Jia, CVPR 2021", year=2021,
                  code="megvii-research/mdistiller: mdistiller/distillers/ReviewKD.py")
-class ReviewKD(Distiller):
+class ReviewKD(TermsDistiller):
     """Knowledge review; see the module docstring. The ABF modules are submodules: they train with the student's
     optimizer and are saved with the run, never with the student."""
 
@@ -233,13 +233,8 @@ class ReviewKD(Distiller):
             outs.append(out)
         return outs[::-1]
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(batch.x)
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         n = len(self.levels)
-        fused = self.review(student_maps(s_feats, self.cfg.student_preact)[-n:])
-        review = hcl_loss(fused, teacher_maps(t_feats)[-n:])
-        w = self.warmup_factor(epoch)
-        return s_logits, {"ce": self.ce_loss(s_logits, batch.y), "reviewkd": w * self.cfg.weight * review}
-
+        fused = self.review(student_maps(student[1], self.cfg.student_preact)[-n:])
+        review = hcl_loss(fused, teacher_maps(teacher[1])[-n:])
+        return {"reviewkd": self.warmup_factor(epoch) * self.cfg.weight * review}

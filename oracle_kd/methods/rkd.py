@@ -33,7 +33,7 @@ from oracle_kd.core.batch import Batch
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import MethodConfig, TermsDistiller
 from oracle_kd.methods.registry import register_method
 
 
@@ -92,19 +92,12 @@ def rkd_terms(student: torch.Tensor, teacher: torch.Tensor, squared: bool = Fals
 
 @register_method("rkd", RKDConfig, paper="Park, Kim, Lu, Cho, CVPR 2019", year=2019,
                  code="megvii-research/mdistiller: mdistiller/distillers/RKD.py")
-class RKD(Distiller):
+class RKD(TermsDistiller):
     """Relational distillation of the batch's distances and angles in the classifier inputs (`pooled`)."""
 
     cfg: RKDConfig
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        loss_d, loss_a = rkd_terms(s_feats.pooled, t_feats.pooled, self.cfg.squared, self.cfg.eps)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "distance": self.cfg.weight * self.cfg.distance_weight * loss_d,
-            "angle": self.cfg.weight * self.cfg.angle_weight * loss_a,
-        }
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        loss_d, loss_a = rkd_terms(student[1].pooled, teacher[1].pooled, self.cfg.squared, self.cfg.eps)
+        w = self.cfg.weight
+        return {"distance": w * self.cfg.distance_weight * loss_d, "angle": w * self.cfg.angle_weight * loss_a}

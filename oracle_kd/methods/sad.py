@@ -17,7 +17,7 @@ from oracle_kd.core.losses import attention_map, kd_loss, pool_to
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, probe_features
+from oracle_kd.methods.base import TermsDistiller, probe_features
 from oracle_kd.methods.kd import KDConfig
 from oracle_kd.methods.registry import register_method
 
@@ -114,7 +114,7 @@ class LayerAttention(nn.Module):
 
 @register_method("sad", SADConfig, paper="Ji, Heo, Park, AAAI 2021", year=2021,
                  code="clovaai/attention-feature-distillation: distill/AFD.py")
-class SAD(Distiller):
+class SAD(TermsDistiller):
     """CE + Hinton KD + attention-weighted matching of all block outputs. The attention module trains with
     the student's optimizer and is not part of the saved student."""
 
@@ -133,13 +133,6 @@ class SAD(Distiller):
         self.attention = LayerAttention([f.shape[1] for f in s_layers], [f.shape[1] for f in t_layers],
                                         cfg.dim).to(next(student.parameters()).device)
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        t_logits, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "kd": self.cfg.alpha * kd_loss(s_logits, t_logits, self.cfg.temperature),
-            "sad": self.cfg.beta * self.attention(sad_layers(s_feats), sad_layers(t_feats)),
-        }
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        return {"kd": self.cfg.alpha * kd_loss(student[0], teacher[0], self.cfg.temperature),
+                "sad": self.cfg.beta * self.attention(sad_layers(student[1]), sad_layers(teacher[1]))}

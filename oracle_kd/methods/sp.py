@@ -18,7 +18,7 @@ from oracle_kd.core.losses import require_pairs
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import MethodConfig, TermsDistiller
 from oracle_kd.methods.registry import register_method
 
 
@@ -52,17 +52,10 @@ def sp_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch
 
 @register_method("sp", SPConfig, paper="Tung & Mori, ICCV 2019", year=2019,
                  code="megvii-research/mdistiller: mdistiller/distillers/SP.py")
-class SP(Distiller):
+class SP(TermsDistiller):
     """Feature distillation on the batch similarities of the last stage's output (`Features.stages[-1]`)."""
 
     cfg: SPConfig
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        _, t_feats = self.teacher_out(batch, teacher_out)
-        s_logits, s_feats = self.student(x)
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            "sp": self.cfg.beta * sp_loss(s_feats.stages[-1:], t_feats.stages[-1:]),
-        }
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
+        return {"sp": self.cfg.beta * sp_loss(student[1].stages[-1:], teacher[1].stages[-1:])}

@@ -37,7 +37,7 @@ from oracle_kd.core.batch import Batch
 from oracle_kd.core.precision import at_least_fp32
 from oracle_kd.core.teacher_view import TeacherOut
 from oracle_kd.errors import require
-from oracle_kd.methods.base import Distiller, MethodConfig
+from oracle_kd.methods.base import MethodConfig, TermsDistiller
 from oracle_kd.methods.registry import register_method
 
 
@@ -81,19 +81,12 @@ def wttm_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, gamma:
 
 @register_method("wttm", WTTMConfig, paper="Zheng & Yang, ICLR 2024", year=2024,
                  code="zkxufo/TTM: distiller_zoo/wttm.py")
-class WTTM(Distiller):
+class WTTM(TermsDistiller):
     """Matching the power-transformed teacher with the student's untempered softmax, each sample weighted by how
     spread the teacher's prediction is (plain TTM with `weighted: false`)."""
 
     cfg: WTTMConfig
 
-    def forward_train(self, batch: Batch, epoch: int,
-                      teacher_out: TeacherOut | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x, y = batch
-        t_logits, _ = self.teacher_out(batch, teacher_out)
-        s_logits, _ = self.student(x)
+    def terms(self, student: TeacherOut, teacher: TeacherOut, batch: Batch, epoch: int) -> dict[str, torch.Tensor]:
         term = "wttm" if self.cfg.weighted else "ttm"
-        return s_logits, {
-            "ce": self.ce_loss(s_logits, y),
-            term: self.cfg.beta * wttm_loss(s_logits, t_logits, self.cfg.gamma, self.cfg.weighted),
-        }
+        return {term: self.cfg.beta * wttm_loss(student[0], teacher[0], self.cfg.gamma, self.cfg.weighted)}
